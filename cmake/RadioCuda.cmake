@@ -1,0 +1,20 @@
+# RADIO_CUDA=AUTO builds radio._cuda when a CUDA compiler is found, ON requires one, OFF skips it.
+# Included from the top-level CMakeLists so that enable_language(CUDA) runs in the top directory.
+if(NOT RADIO_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      # 80: A100 / A-series (mma.sync, cp.async); 90: H100/H200. Both are sm_80+ paths.
+      set(CMAKE_CUDA_ARCHITECTURES 80-real 90-real)
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(RADIO_HAVE_CUDA ON)
+    add_subdirectory(cuda)
+  elseif(RADIO_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "RADIO_CUDA=ON but no CUDA compiler was found (set CUDACXX or PATH to nvcc)")
+  else()
+    message(STATUS "radio: no CUDA compiler found; building without radio._cuda")
+  endif()
+endif()
