@@ -1,0 +1,2 @@
+// Placeholder until serialization lands.
+namespace radio {}
