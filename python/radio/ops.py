@@ -1,0 +1,332 @@
+"""The torch op ``radio::qlinear``: ``y = x @ W.T + b`` with ``W`` stored in the packed format v1.
+
+docs/format.md defines the tensors. Paths:
+
+- CPU (and any device without radio._cuda): dequantize ``W`` with plain torch ops (``dequantize``
+  below, the reference twin of the CUDA kernels), then multiply in float32.
+- CUDA with radio._cuda built: the variable-bit kernels in cuda/ (decode GEMV for few tokens,
+  skinny path for 16-64 tokens, dequantize + cuBLAS for large batches), called with raw device
+  pointers on the current stream. Output and workspace are allocated through torch, so the op
+  can be captured in CUDA graphs.
+- Meta / fake tensors: shape only, so the op traces under torch.compile.
+
+Derived buffer: the kernels address the qweight words of unit ``u`` of chunk ``c`` through
+``unit_offset[c, u] = base[c] + off[c, u] * rows_c`` (docs/format.md "qweight layout"), an int32
+``[C, U]`` tensor that depends only on ``depth``. ``prepare(...)`` computes it once per layer;
+callers (RadioLinear) keep it as a non-persistent buffer and pass it as ``unit_offset=``. When it
+is omitted the op recomputes it (a tiny cumsum) on every call.
+
+Usage::
+
+    buffers = radio.ops.prepare(qweight=..., scale=..., loc=..., depth=..., row_perm=...,
+                                col_perm=..., bias=..., out_features=N, in_features=K,
+                                rows_per_group=gs, quantizer="laplace")
+    y = radio.ops.qlinear(x, **buffers)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from ._ext import _cuda
+from .format import QUANTIZERS, UNIT
+
+__all__ = ["qlinear", "prepare", "dequantize", "unit_offsets", "quantizer_table"]
+
+_X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference pieces (plain torch; run on whatever device the tensors are on)
+# ----------------------------------------------------------------------------------------------
+
+def quantizer_table(quantizer: int, depth: int, device=None) -> torch.Tensor:
+    """T_B of docs/format.md as float32 [2**depth] (computed in float64, rounded once)."""
+    if quantizer not in (0, 1):
+        raise ValueError(f"quantizer must be 0 (laplace) or 1 (uniform), got {quantizer!r}")
+    if not 0 <= depth <= 8:
+        raise ValueError(f"depth must be in 0..8, got {depth!r}")
+    q = torch.arange(2 ** depth, dtype=torch.float64, device=device)
+    if quantizer == 0:
+        v = (q + 0.5) / 2 ** depth - 0.5
+        t = -torch.sign(v) * torch.log1p(-2.0 * v.abs())
+    else:
+        t = q - (2 ** depth - 1) / 2.0
+    return t.to(torch.float32)
+
+
+def unit_offsets(depth: torch.Tensor, out_features: int, rows_per_group: int) -> torch.Tensor:
+    """int32 [C, U]: index in qweight of the first word of every unit (row 0 of its chunk)."""
+    if depth.dim() != 2:
+        raise ValueError(f"depth must be 2-D [C, U], got shape {tuple(depth.shape)}")
+    chunks = depth.shape[0]
+    rows = torch.clamp(out_features - torch.arange(chunks, device=depth.device,
+                                                   dtype=torch.int64) * rows_per_group,
+                       max=rows_per_group)
+    d = depth.to(torch.int64)
+    off = torch.cumsum(d, dim=1) - d  # exclusive prefix sum over units
+    chunk_words = rows * d.sum(dim=1)
+    base = torch.cumsum(chunk_words, dim=0) - chunk_words
+    out = base[:, None] + off * rows[:, None]
+    return out.to(torch.int32)
+
+
+def _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
+                 in_features, rows_per_group, quantizer) -> None:
+    """Shape/dtype checks of docs/format.md that are cheap (no data-dependent host syncs)."""
+    n, k, gs = out_features, in_features, rows_per_group
+    for name, v in (("out_features", n), ("in_features", k), ("rows_per_group", gs)):
+        if not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if quantizer not in (0, 1):
+        raise ValueError(f"quantizer must be 0 (laplace) or 1 (uniform), got {quantizer!r}")
+    c, u = math.ceil(n / gs), math.ceil(k / UNIT)
+    kp = u * UNIT
+    expect = {
+        "qweight": (qweight, torch.int32, None),
+        "scale": (scale, torch.float16, (c, kp)),
+        "loc": (loc, torch.float16, (c, kp)),
+        "depth": (depth, torch.uint8, (c, u)),
+        "row_perm": (row_perm, torch.int32, (n,)),
+        "col_perm": (col_perm, torch.int32, (c, kp)),
+    }
+    if bias is not None:
+        expect["bias"] = (bias, torch.float16, (n,))
+    for name, (t, dtype, shape) in expect.items():
+        if t.dtype != dtype:
+            raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
+        if shape is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for a [{n}, {k}] layer with "
+                             f"rows_per_group={gs}, got {tuple(t.shape)}")
+    if qweight.dim() != 1:
+        raise ValueError(f"qweight must be 1-D, got shape {tuple(qweight.shape)}")
+
+
+def dequantize(qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
+               depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+               out_features: int, in_features: int, rows_per_group: int,
+               quantizer: Union[int, str]) -> torch.Tensor:
+    """float32 [N, K] weight of a packed layer, in original row/column order (docs/format.md).
+
+    Works one depth at a time over all units of that depth, so the work is vectorised but the
+    memory is O(N * Kp) int64 for the indices.
+    """
+    quantizer = _quantizer_code(quantizer)
+    n, k, gs = out_features, in_features, rows_per_group
+    dev = qweight.device
+    chunks, units = depth.shape
+    kp = units * UNIT
+    uoff = unit_offsets(depth, n, gs).to(torch.int64)
+    rows = torch.clamp(n - torch.arange(chunks, device=dev, dtype=torch.int64) * gs, max=gs)
+    words = qweight.to(torch.int64) & 0xFFFFFFFF
+    # q[c, r, p]: B-bit index of chunk row r at position p (0 where the depth is 0 or r >= rows_c)
+    values = loc.to(torch.float32).reshape(chunks, 1, kp).expand(chunks, gs, kp).clone()
+    values = values.view(chunks, gs, units, UNIT)
+    r = torch.arange(gs, device=dev, dtype=torch.int64)
+    j = torch.arange(UNIT, device=dev, dtype=torch.int64)
+    scale_u = scale.to(torch.float32).view(chunks, units, UNIT)
+    loc_u = loc.to(torch.float32).view(chunks, units, UNIT)
+    for b in range(1, 9):
+        cu = (depth == b).nonzero()  # [n_units, 2] = (c, u)
+        if cu.numel() == 0:
+            continue
+        cc, uu = cu[:, 0], cu[:, 1]
+        row_ok = r[None, :] < rows[cc, None]  # [n_units, gs]
+        # word (unit, row, w) at uoff + w * rows_c + r
+        widx = (uoff[cc, uu][:, None, None] + torch.arange(b, device=dev)[None, None, :]
+                * rows[cc][:, None, None] + r[None, :, None])
+        widx = torch.where(row_ok[:, :, None], widx, torch.zeros_like(widx))
+        w = words[widx]  # [n_units, gs, b]
+        bit = j * b
+        lo_word, shift = bit // 32, bit % 32
+        hi_word = torch.clamp(lo_word + 1, max=b - 1)
+        lo = w[:, :, lo_word] >> shift
+        hi = torch.where(shift + b > 32, w[:, :, hi_word] << (32 - shift), torch.zeros_like(lo))
+        q = (lo | hi) & ((1 << b) - 1)  # [n_units, gs, 32]
+        t = quantizer_table(quantizer, b, device=dev)[q]
+        vals = loc_u[cc, uu][:, None, :] + scale_u[cc, uu][:, None, :] * t
+        cur = values[cc, :, uu, :]  # [n_units, gs, 32]
+        values[cc, :, uu, :] = torch.where(row_ok[:, :, None], vals, cur)
+    values = values.view(chunks * gs, kp)[:n]  # permuted row order, chunk position order
+    out = torch.zeros(n, k + 1, dtype=torch.float32, device=dev)
+    dest_col = col_perm.to(torch.int64).repeat_interleave(gs, dim=0)[:n]  # [N, Kp]; K = sentinel
+    dest_row = row_perm.to(torch.int64)[:, None].expand(n, kp)
+    out[dest_row, dest_col] = values
+    return out[:, :k]
+
+
+def _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
+                       in_features, rows_per_group, quantizer) -> torch.Tensor:
+    w = dequantize(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features,
+                   rows_per_group, quantizer)
+    y = x.reshape(-1, in_features).to(torch.float32) @ w.T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+# ----------------------------------------------------------------------------------------------
+# The op
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("radio::qlinear", mutates_args=())
+def _qlinear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
+                depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+                bias: Optional[torch.Tensor], out_features: int, in_features: int,
+                rows_per_group: int, quantizer: int,
+                unit_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Default implementation (CPU and any device without a kernel): the reference path."""
+    return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
+                              out_features, in_features, rows_per_group, quantizer)
+
+
+@_qlinear_op.register_fake
+def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
+      rows_per_group, quantizer, unit_offset=None):
+    torch._check(x.shape[-1] == in_features,
+                 lambda: f"x has {x.shape[-1]} features, expected in_features={in_features}")
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@_qlinear_op.register_kernel("cuda")
+def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
+      rows_per_group, quantizer, unit_offset=None):
+    if _cuda is None or not hasattr(_cuda, "qlinear"):
+        return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
+                                  out_features, in_features, rows_per_group, quantizer)
+    if unit_offset is None:
+        unit_offset = unit_offsets(depth, out_features, rows_per_group)
+    return _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
+                                out_features, in_features, rows_per_group, quantizer,
+                                unit_offset)
+
+
+@torch.library.custom_op("radio::dequantize", mutates_args=())
+def _dequantize_op(qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
+                   depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+                   out_features: int, in_features: int, rows_per_group: int,
+                   quantizer: int) -> torch.Tensor:
+    """float32 [N, K] weight as an opaque op (its reference body has data-dependent shapes)."""
+    return dequantize(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features,
+                      rows_per_group, quantizer)
+
+
+@_dequantize_op.register_fake
+def _(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features,
+      rows_per_group, quantizer):
+    return scale.new_empty(out_features, in_features, dtype=torch.float32)
+
+
+_CUDA_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+
+
+def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
+                  in_features, rows_per_group, quantizer, unit_offset):
+    """Calls radio._cuda with raw pointers on the current stream; torch owns every buffer."""
+    n, k = out_features, in_features
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    dev = x.device
+    tensors = (qweight, scale, loc, depth, row_perm, col_perm, unit_offset) + (
+        () if bias is None else (bias,))
+    for t in tensors:
+        if t.device != dev:
+            raise ValueError(f"all layer tensors must be on {dev}, got one on {t.device}")
+    qweight, scale, loc, depth, row_perm, col_perm, unit_offset = (
+        t.contiguous() for t in tensors[:7])
+    bias_ptr = 0 if bias is None else bias.contiguous().data_ptr()
+    stream = torch.cuda.current_stream(dev).cuda_stream
+    dtype_code = _CUDA_DTYPE_CODE[x.dtype]
+    with torch.cuda.device(dev):
+        if _cuda.use_dequant_gemm(m, n, k):
+            # prefill: dequantize into a temporary in x's dtype, then cuBLAS through torch
+            w = torch.empty(n, k, dtype=x.dtype, device=dev)
+            _cuda.dequantize(qweight.data_ptr(), scale.data_ptr(), loc.data_ptr(),
+                             depth.data_ptr(), unit_offset.data_ptr(), row_perm.data_ptr(),
+                             col_perm.data_ptr(), w.data_ptr(), dtype_code, n, k,
+                             rows_per_group, quantizer, stream)
+            y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
+        else:
+            y = torch.empty(m, n, dtype=x.dtype, device=dev)
+            ws = torch.empty(_cuda.workspace_bytes(m, n, k, rows_per_group), dtype=torch.uint8,
+                             device=dev)
+            _cuda.qlinear(x2.data_ptr(), dtype_code, m, qweight.data_ptr(), scale.data_ptr(),
+                          loc.data_ptr(), depth.data_ptr(), unit_offset.data_ptr(),
+                          row_perm.data_ptr(), col_perm.data_ptr(), bias_ptr, y.data_ptr(),
+                          n, k, rows_per_group, quantizer, ws.data_ptr(), ws.numel(), stream)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _setup_context(ctx, inputs, output):
+    (x, qweight, scale, loc, depth, row_perm, col_perm, bias, n, k, gs, quantizer, _) = inputs
+    ctx.save_for_backward(qweight, scale, loc, depth, row_perm, col_perm)
+    ctx.attrs = (n, k, gs, quantizer)
+    ctx.x_dtype = x.dtype
+
+
+def _backward(ctx, grad):
+    # Gradient for x only (the packed weight is frozen): dx = dy @ W.
+    qweight, scale, loc, depth, row_perm, col_perm = ctx.saved_tensors
+    n, k, gs, quantizer = ctx.attrs
+    w = _dequantize_op(qweight, scale, loc, depth, row_perm, col_perm, n, k, gs, quantizer)
+    dx = (grad.reshape(-1, n).to(torch.float32) @ w).to(ctx.x_dtype)
+    return (dx.reshape(*grad.shape[:-1], k),) + (None,) * 12
+
+
+_qlinear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Python entry points
+# ----------------------------------------------------------------------------------------------
+
+def _quantizer_code(quantizer: Union[int, str]) -> int:
+    if isinstance(quantizer, str):
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+        return QUANTIZERS.index(quantizer)
+    if quantizer not in (0, 1):
+        raise ValueError(f"quantizer must be 0 (laplace) or 1 (uniform), got {quantizer!r}")
+    return int(quantizer)
+
+
+def qlinear(x: torch.Tensor, *, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
+            depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+            bias: Optional[torch.Tensor] = None, out_features: int, in_features: int,
+            rows_per_group: int, quantizer: Union[int, str],
+            unit_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ W.T + bias`` for a packed layer; x is [..., K] float16/bfloat16/float32.
+
+    Returns [..., N] in x's dtype. ``quantizer`` is "laplace"/"uniform" or its code 0/1.
+    ``unit_offset`` is the cached result of ``unit_offsets`` (see ``prepare``).
+    """
+    if x.dtype not in _X_DTYPES:
+        raise ValueError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have shape [..., {in_features}], got {tuple(x.shape)}")
+    code = _quantizer_code(quantizer)
+    _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
+                 in_features, rows_per_group, code)
+    return _qlinear_op(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
+                       in_features, rows_per_group, code, unit_offset)
+
+
+def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
+            depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+            bias: Optional[torch.Tensor] = None, out_features: int, in_features: int,
+            rows_per_group: int, quantizer: Union[int, str]) -> dict:
+    """The keyword arguments of ``qlinear`` for one layer, checked, with ``unit_offset`` added.
+
+    Call once per layer (after moving the tensors to their device) and keep the dict (or its
+    ``unit_offset`` as a buffer); ``qlinear(x, **prepared)`` then does no per-call setup.
+    """
+    code = _quantizer_code(quantizer)
+    _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
+                 in_features, rows_per_group, code)
+    uoff = unit_offsets(depth, out_features, rows_per_group)
+    return dict(qweight=qweight, scale=scale, loc=loc, depth=depth, row_perm=row_perm,
+                col_perm=col_perm, bias=bias, out_features=out_features,
+                in_features=in_features, rows_per_group=rows_per_group, quantizer=code,
+                unit_offset=uoff)
