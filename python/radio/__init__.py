@@ -2,10 +2,10 @@
 from ._ext import _core, has_cuda
 
 __version__ = "0.1.0"
-__all__ = ["has_cuda", "__version__", "RadioLinear"]
+__all__ = ["has_cuda", "__version__", "RadioLinear", "save", "load", "perplexity"]
 
 # torch-dependent names load on first use, so `import radio` stays light (numpy + _core only).
-_LAZY = {"RadioLinear": ".nn"}
+_LAZY = {"RadioLinear": ".nn", "save": ".io", "load": ".io", "perplexity": ".eval"}
 
 
 def __getattr__(name):

@@ -1,0 +1,226 @@
+"""radio.save / radio.load (python/radio/io.py): round trips, atomicity, refusals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import radio
+from radio import io as rio
+from radio.format import QUANTIZERS, PackedLayer
+from radio.nn import RadioLinear
+from test_ops import random_layer
+
+
+def tiny_llama():
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def tiny_opt():
+    cfg = transformers.OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=64,
+                                 word_embed_proj_dim=64)
+    torch.manual_seed(0)
+    return transformers.OPTForCausalLM(cfg).eval()
+
+
+def fake_quantize(model, gs=32, skip=("lm_head",)):
+    """Replaces every nn.Linear (but lm_head) by a RadioLinear holding a random packed layer.
+
+    Independent of radio.quantize: io must round-trip any valid packed layer.
+    """
+    seed = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, torch.nn.Linear) or name in skip:
+            continue
+        seed += 1
+        layer, _ = random_layer(module.out_features, module.in_features, gs, seed % 2,
+                                seed=seed, bias=module.bias is not None)
+        packed = PackedLayer(layer["out_features"], layer["in_features"], gs,
+                             QUANTIZERS[layer["quantizer"]], layer["row_perm"],
+                             layer["col_perm"], layer["depth"], layer["scale"], layer["loc"],
+                             layer["qweight"], layer["bias"])
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, RadioLinear.from_packed(packed))
+    return model
+
+
+IDS = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_opt], ids=["llama", "opt"])
+def test_save_load_bit_identical(tmp_path, make):
+    model = fake_quantize(make())
+    model.radio_report = {"bits_per_weight": 4.25, "note": "test"}
+    before = model(IDS).logits
+    out = radio.save(model, tmp_path / "q")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "dense.safetensors",
+                                                      "model.safetensors"]
+    loaded = radio.load(out)
+    after = loaded(IDS).logits
+    assert torch.equal(before, after)
+    n_radio = sum(isinstance(m, RadioLinear) for m in loaded.modules())
+    assert n_radio == sum(isinstance(m, RadioLinear) for m in model.modules()) > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["radio"]["format_version"] == 1
+    assert config["radio"]["report"]["note"] == "test"
+    assert loaded.radio_report["note"] == "test"
+    # tied embeddings are stored once and stay tied
+    if make is tiny_llama:
+        assert config["radio"]["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
+        assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    # the quantized layers survive bit for bit
+    for name, m in model.named_modules():
+        if isinstance(m, RadioLinear):
+            other = loaded.get_submodule(name)
+            for key, t in m.state_dict().items():
+                assert torch.equal(t, other.state_dict()[key]), (name, key)
+
+
+def test_radio_file_is_the_format(tmp_path):
+    """model.safetensors holds only format tensors with the stored dtypes of docs/format.md."""
+    from safetensors import safe_open
+
+    model = fake_quantize(tiny_llama())
+    radio.save(model, tmp_path / "q")
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="np") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+        row_perm = f.get_tensor("model.layers.0.mlp.down_proj.row_perm")
+    assert meta["format"] == "radio" and meta["format_version"] == "1"
+    assert len(meta["crc32"]) == 8
+    assert {k.rpartition(".")[2] for k in keys} <= {"row_perm", "col_perm", "depth", "scale",
+                                                     "loc", "qweight", "bias"}
+    assert row_perm.dtype.name == "uint16"
+    layers, _ = rio.read_packed_layers(tmp_path / "q")
+    assert "model.layers.1.self_attn.k_proj" in layers
+
+
+def test_save_replaces_previous_radio_dir(tmp_path):
+    model = fake_quantize(tiny_llama())
+    radio.save(model, tmp_path / "q")
+    first = (tmp_path / "q" / "model.safetensors").read_bytes()
+    model2 = fake_quantize(tiny_llama(), gs=64)
+    radio.save(model2, tmp_path / "q")
+    assert (tmp_path / "q" / "model.safetensors").read_bytes() != first
+    assert torch.equal(radio.load(tmp_path / "q")(IDS).logits, model2(IDS).logits)
+    assert [p.name for p in tmp_path.iterdir()] == ["q"]  # no temp dirs left behind
+
+
+_SLOW_SAVE = textwrap.dedent("""
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    import radio, radio.io as rio
+    from test_io import fake_quantize, tiny_llama
+    model = fake_quantize(tiny_llama())
+    real = rio._write_dense_file
+    def slow(path, dense):
+        real(path, dense)
+        print("WRITING", flush=True)
+        time.sleep(60)
+    rio._write_dense_file = slow
+    radio.save(model, {out!r})
+""")
+
+
+def test_interrupted_save_keeps_previous_output(tmp_path):
+    model = fake_quantize(tiny_llama())
+    radio.save(model, tmp_path / "q")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "q").iterdir()}
+    script = _SLOW_SAVE.format(tests=str(Path(__file__).parent), out=str(tmp_path / "q"))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # the save is half done: files written into the temp dir
+        assert line.strip() == "WRITING", line
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    after = {p.name: p.read_bytes() for p in (tmp_path / "q").iterdir()}
+    assert after == before
+    assert torch.equal(radio.load(tmp_path / "q")(IDS).logits, model(IDS).logits)
+
+
+def test_newer_format_version_refused(tmp_path):
+    radio.save(fake_quantize(tiny_llama()), tmp_path / "q")
+    config_path = tmp_path / "q" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["radio"]["format_version"] = 2
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format_version 2.*upgrade radio"):
+        radio.load(tmp_path / "q")
+
+
+def test_newer_file_version_refused(tmp_path):
+    radio.save(fake_quantize(tiny_llama()), tmp_path / "q")
+    path = tmp_path / "q" / "model.safetensors"
+    raw = path.read_bytes()
+    assert raw.count(b'"format_version":"1"') == 1
+    path.write_bytes(raw.replace(b'"format_version":"1"', b'"format_version":"7"'))
+    with pytest.raises(ValueError, match="format_version 7.*upgrade radio"):
+        radio.load(tmp_path / "q")
+
+
+def test_damaged_file_refused(tmp_path):
+    radio.save(fake_quantize(tiny_llama()), tmp_path / "q")
+    path = tmp_path / "q" / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x40  # flip one bit of the data section
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged|CRC"):
+        radio.load(tmp_path / "q")
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        radio.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        radio.load(tmp_path / "empty")
+    plain = tmp_path / "plain"
+    tiny_llama().save_pretrained(plain)
+    with pytest.raises(ValueError, match="not saved by radio.save"):
+        radio.load(plain)
+    with pytest.raises(ValueError, match="not a radio file"):
+        rio.read_packed_layers(plain / "model.safetensors")
+    with pytest.raises(FileExistsError, match="not a radio model"):
+        radio.save(fake_quantize(tiny_llama()), plain)
+    with pytest.raises(ValueError, match="no RadioLinear"):
+        radio.save(tiny_llama(), tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="parent directory"):
+        radio.save(fake_quantize(tiny_llama()), tmp_path / "no" / "such" / "dir")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        radio.save(fake_quantize(tiny_llama()), tmp_path / "file")
+    with pytest.raises(TypeError, match="transformers model"):
+        radio.save(torch.nn.Linear(2, 2), tmp_path / "out")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 20)
+    with pytest.raises(ValueError, match="safetensors"):
+        rio.read_packed_layers(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_output_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            radio.save(fake_quantize(tiny_llama()), locked / "q")
+    finally:
+        locked.chmod(0o700)
