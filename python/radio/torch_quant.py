@@ -1,0 +1,311 @@
+"""Vectorised torch twins of the group quantizers of docs/format.md ("Encoding").
+
+Everything here runs on the weight's device, for all groups of a layer at once: the per-round
+re-quantization of a 7B model must not loop over groups in Python. The reference twin is the C++
+``radio._core.quantize_layer``; tests/python/test_torch_quant.py holds the two equal on random
+layers (same scales, locations and indices).
+
+Shapes. A layer ``W [N, K]`` is viewed through its row permutation as chunks of ``gs`` rows
+(``grouping.chunk_blocks``): a block ``[C', R, K]`` holds ``C'`` chunks of ``R`` rows each (all
+chunks but possibly the last have ``R = gs``). A *group* is one column of one chunk, so per-group
+values are ``[C', K]`` (indexed by the ORIGINAL column) and per-group depths come as
+``depth_cols [C', K]`` (``grouping.depth_per_column``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Optional
+
+import torch
+
+from . import grouping
+from .format import MAX_DEPTH, UNIT
+
+# Refinement grid of docs/format.md: m, beta in {-2, -1.875, ..., 2} (33 values each).
+REFINE_STEPS = tuple(-2.0 + 0.125 * i for i in range(33))
+# float32 values of the scale multipliers 2**m and of 3/sqrt(2): every product below is a float32
+# product of float32 operands, exactly as in the C++ twin.
+_MULTIPLIERS = tuple(torch.tensor(2.0 ** m, dtype=torch.float32) for m in REFINE_STEPS)
+_LAPLACE_SCALE = torch.tensor(3.0 / math.sqrt(2.0), dtype=torch.float32)
+
+# Elements processed at once by the refinement search; bounds its temporaries (~10 float32
+# copies of a slice) on a large layer.
+_SLICE_ELEMENTS = 1 << 24
+
+
+@functools.lru_cache(maxsize=None)
+def _lut_cpu(quantizer: str) -> torch.Tensor:
+    """float32 [2 * 2**MAX_DEPTH]: entry ``2**B + q`` is T_B[q] (entry 1 is T_0[0] = 0).
+
+    One table for all depths, so that decoding groups of mixed depth is a single gather. Values
+    are computed in float64 and rounded once, like the C++ tables.
+    """
+    out = torch.zeros(2 << MAX_DEPTH, dtype=torch.float64)
+    for depth in range(MAX_DEPTH + 1):
+        levels = 1 << depth
+        q = torch.arange(levels, dtype=torch.float64)
+        if quantizer == "laplace":
+            v = (q + 0.5) / levels - 0.5
+            t = -torch.sign(v) * torch.log1p(-2.0 * v.abs())
+        elif quantizer == "uniform":
+            t = q - (levels - 1) / 2.0
+        else:
+            raise ValueError(f"quantizer must be 'laplace' or 'uniform', got {quantizer!r}")
+        out[levels:2 * levels] = t
+    return out.to(torch.float32)
+
+
+def lut(quantizer: str, device) -> torch.Tensor:
+    return _lut_cpu(quantizer).to(device)
+
+
+def table(quantizer: str, depth: int) -> torch.Tensor:
+    """T_B of docs/format.md as float32 [2**depth] (CPU)."""
+    if not 0 <= depth <= MAX_DEPTH:
+        raise ValueError(f"depth must be in 0..{MAX_DEPTH}, got {depth!r}")
+    return _lut_cpu(quantizer)[1 << depth: 2 << depth].clone()
+
+
+def to_half(x: torch.Tensor) -> torch.Tensor:
+    """Round float32 to the float16 the file stores and back (the decoder's view of a value)."""
+    return x.to(torch.float16).to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Group statistics
+# ----------------------------------------------------------------------------------------------
+
+def lower_median(block: torch.Tensor) -> torch.Tensor:
+    """[C', R, K] -> [C', K]: the median over rows, the lower one for even R."""
+    # torch.median returns the lower of the two middle values, as docs/format.md asks.
+    return block.median(dim=1).values
+
+
+def rms_about(block: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+    """[C', R, K], [C', K] -> [C', K]: sqrt(mean((w - location)^2)) over rows, in float64 and
+    rounded once to float32 (as the C++ twin does, so that both see the same spread)."""
+    dev = block.to(torch.float64) - location.to(torch.float64)[:, None, :]
+    return dev.square_().mean(dim=1).sqrt_().to(torch.float32)
+
+
+def base_location(block: torch.Tensor, quantizer: str, symmetric: bool) -> torch.Tensor:
+    """mu0 of every group of ``block`` [C', R, K] -> [C', K] (docs/format.md "Encoding")."""
+    if quantizer == "laplace":
+        return lower_median(block)
+    if symmetric:
+        return block.new_zeros(block.shape[0], block.shape[2])
+    return (block.amax(dim=1) + block.amin(dim=1)) * 0.5
+
+
+def base_scale(block: torch.Tensor, spread: torch.Tensor, depth_cols: torch.Tensor,
+               quantizer: str, symmetric: bool) -> torch.Tensor:
+    """s0 of every group -> [C', K]; 0 where the depth is 0."""
+    if quantizer == "laplace":
+        # Laplace of standard deviation 3S: the Panter-Dite compander for a Laplace source.
+        s0 = spread * _LAPLACE_SCALE.to(spread.device)
+    else:
+        steps = (torch.pow(2.0, depth_cols.to(torch.float32)) - 1.0).clamp_min_(1.0)
+        if symmetric:
+            s0 = 2.0 * block.abs().amax(dim=1) / steps
+        else:
+            s0 = (block.amax(dim=1) - block.amin(dim=1)) / steps
+    return torch.where(depth_cols > 0, s0, torch.zeros_like(s0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Encode / decode with a per-group depth
+# ----------------------------------------------------------------------------------------------
+
+def encode(block: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor,
+           quantizer: str) -> torch.Tensor:
+    """Indices of ``block`` [C', R, K] given per-group ``loc``, ``scale`` (float32 values of the
+    stored f16) and ``levels`` = 2**B (float32), all [C', K]. Returns float32 [C', R, K] holding
+    integers in ``0 .. levels-1``; 0 wherever the scale is 0."""
+    loc3, scale3, levels3 = loc[:, None, :], scale[:, None, :], levels[:, None, :]
+    z = (block - loc3) / scale3
+    if quantizer == "laplace":
+        # F(z) = 1/2 + sign(z)/2 * (1 - exp(-|z|)): the Laplace CDF, the compander.
+        f = torch.sign(z) * (-torch.expm1(-z.abs())) * 0.5 + 0.5
+        q = torch.minimum(torch.floor(levels3 * f), levels3 - 1.0)
+    else:
+        q = torch.round(z + (levels3 - 1.0) * 0.5).clamp_(min=0.0)
+        q = torch.minimum(q, levels3 - 1.0)
+    return torch.where(scale3 > 0, q, torch.zeros_like(q))
+
+
+def decode(q: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, depth_cols: torch.Tensor,
+           table: torch.Tensor) -> torch.Tensor:
+    """``loc + scale * T_B[q]`` -> float32 [C', R, K]; ``table`` from ``lut``."""
+    index = q.to(torch.int64) + (1 << depth_cols.to(torch.int64))[:, None, :]
+    return loc[:, None, :] + scale[:, None, :] * table[index]
+
+
+def _squared_error(block, q_loc, q_scale, levels, depth_cols, table, quantizer):
+    q = encode(block, q_loc, q_scale, levels, quantizer)
+    err = decode(q, q_loc, q_scale, depth_cols, table).sub_(block).square_()
+    return err.sum(dim=1, dtype=torch.float64)
+
+
+def refine(block: torch.Tensor, mu0: torch.Tensor, s0: torch.Tensor, spread: torch.Tensor,
+           depth_cols: torch.Tensor, quantizer: str, symmetric: bool):
+    """The per-group search of docs/format.md: best ``s = s0 * 2**m``, then best
+    ``mu = mu0 + beta * S * 2**m``; ties keep the earlier candidate. Returns (loc, scale) as
+    float32 values of f16 numbers, [C', K]."""
+    table = lut(quantizer, block.device)
+    levels = torch.pow(2.0, depth_cols.to(torch.float32))
+    loc = to_half(mu0)
+    best_err = torch.full_like(mu0, math.inf, dtype=torch.float64)
+    best_scale = to_half(s0)
+    best_mult = torch.ones_like(s0)
+    for mult in _MULTIPLIERS:
+        mult = mult.to(s0.device)
+        scale = to_half(s0 * mult)
+        err = _squared_error(block, loc, scale, levels, depth_cols, table, quantizer)
+        better = err < best_err  # strict: ties keep the earlier candidate
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_mult = torch.where(better, mult, best_mult)
+    scale = best_scale
+    if not symmetric:
+        step = spread * best_mult  # shifts in steps of the spread at the chosen scale
+        best_err.fill_(math.inf)
+        best_loc = loc.clone()
+        for beta in REFINE_STEPS:
+            cand = to_half(mu0 + beta * step)
+            err = _squared_error(block, cand, scale, levels, depth_cols, table, quantizer)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_loc = torch.where(better, cand, best_loc)
+        loc = best_loc
+    # Depth 0 keeps loc = mu0 and scale = 0 (docs/format.md).
+    zero = depth_cols == 0
+    return torch.where(zero, to_half(mu0), loc), torch.where(zero, torch.zeros_like(scale), scale)
+
+
+@dataclasses.dataclass
+class BlockResult:
+    """Quantization of one block of chunks [C', R, K]."""
+
+    loc: torch.Tensor  # float32 [C', K], values of f16 numbers
+    scale: torch.Tensor  # float32 [C', K], values of f16 numbers
+    q: torch.Tensor  # uint8 [C', R, K]
+    w_hat: torch.Tensor  # float32 [C', R, K]
+
+
+def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str = "laplace",
+                   refine_groups: bool = True, symmetric: bool = False,
+                   mu0: Optional[torch.Tensor] = None,
+                   spread: Optional[torch.Tensor] = None) -> BlockResult:
+    """Quantize every group of ``block`` (float32 [C', R, K]) at ``depth_cols`` ([C', K], 0..8).
+
+    ``mu0`` and ``spread`` (the group location and its RMS spread, [C', K]) may be passed when
+    already computed (the pipeline computes them for the bit allocation).
+    """
+    block = block.to(torch.float32)
+    depth_cols = depth_cols.to(torch.int64)
+    if mu0 is None:
+        mu0 = base_location(block, quantizer, symmetric)
+    if spread is None:
+        spread = rms_about(block, mu0)
+    s0 = base_scale(block, spread, depth_cols, quantizer, symmetric)
+    if refine_groups:
+        # Column slices bound the search's temporaries; groups never straddle a slice.
+        per_col = block.shape[0] * block.shape[1]
+        width = max(1, _SLICE_ELEMENTS // max(per_col, 1))
+        locs, scales = [], []
+        for k0 in range(0, block.shape[2], width):
+            sl = slice(k0, k0 + width)
+            l_, s_ = refine(block[:, :, sl], mu0[:, sl], s0[:, sl], spread[:, sl],
+                            depth_cols[:, sl], quantizer, symmetric)
+            locs.append(l_)
+            scales.append(s_)
+        loc, scale = torch.cat(locs, dim=1), torch.cat(scales, dim=1)
+    else:
+        loc, scale = to_half(mu0), to_half(s0)
+    levels = torch.pow(2.0, depth_cols.to(torch.float32))
+    q = encode(block, loc, scale, levels, quantizer)
+    w_hat = decode(q, loc, scale, depth_cols, lut(quantizer, block.device))
+    return BlockResult(loc=loc, scale=scale, q=q.to(torch.uint8), w_hat=w_hat)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole layers in the packed-format geometry
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LayerQuantization:
+    """A quantized layer as the format stores it, plus its dequantized weight.
+
+    scale, loc: float16 [C, Kp] in chunk-position order (0 at padding positions).
+    indices:    uint8 [N, Kp], permuted rows, chunk-position order (0 at padding) — the input of
+                ``radio._core.pack``.
+    w_hat:      float32 [N, K] in the ORIGINAL row and column order.
+    """
+
+    scale: torch.Tensor
+    loc: torch.Tensor
+    indices: torch.Tensor
+    w_hat: torch.Tensor
+
+
+def quantize_layer(weight: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+                   depth: torch.Tensor, rows_per_group: int, quantizer: str = "laplace",
+                   refine_groups: bool = True, symmetric: bool = False,
+                   mu0: Optional[torch.Tensor] = None, spread: Optional[torch.Tensor] = None,
+                   need_indices: bool = True) -> LayerQuantization:
+    """Torch twin of ``radio._core.quantize_layer`` (docs/design.md).
+
+    weight float [N, K]; row_perm int [N]; col_perm int [C, Kp] (sentinel K at padding); depth
+    uint8 [C, U]; ``mu0``/``spread`` optional precomputed [C, K] group locations and spreads
+    under this ``row_perm``. All on one device; the work stays there.
+    """
+    n, k = weight.shape
+    row_perm = row_perm.to(device=weight.device, dtype=torch.int64)
+    col_perm = col_perm.to(device=weight.device, dtype=torch.int64)
+    depth_cols = grouping.depth_per_column(depth.to(weight.device), col_perm, k)
+    w_perm = weight.to(torch.float32)[row_perm]
+    locs, scales, qs, w_hats = [], [], [], []
+    for c0, chunks, rows, block in grouping.chunk_blocks(w_perm, rows_per_group):
+        cs = slice(c0, c0 + chunks)
+        res = quantize_block(block, depth_cols[cs], quantizer, refine_groups, symmetric,
+                             None if mu0 is None else mu0[cs],
+                             None if spread is None else spread[cs])
+        locs.append(res.loc)
+        scales.append(res.scale)
+        w_hats.append(res.w_hat.reshape(chunks * rows, k))
+        if need_indices:
+            qs.append(res.q.reshape(chunks * rows, k))
+    loc, scale = torch.cat(locs), torch.cat(scales)
+    w_hat = torch.empty((n, k), dtype=torch.float32, device=weight.device)
+    w_hat[row_perm] = torch.cat(w_hats)
+    indices = None
+    if need_indices:
+        indices = grouping.columns_to_positions(torch.cat(qs), col_perm, rows_per_group)
+    return LayerQuantization(
+        scale=grouping.columns_to_positions(scale, col_perm, 1).to(torch.float16),
+        loc=grouping.columns_to_positions(loc, col_perm, 1).to(torch.float16),
+        indices=indices, w_hat=w_hat)
+
+
+def dequantize_indices(indices: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+                       depth: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
+                       rows_per_group: int, quantizer: str, in_features: int) -> torch.Tensor:
+    """Reconstruct W float32 [N, K] (original order) from unpacked ``indices`` uint8 [N, Kp]."""
+    n = indices.shape[0]
+    device = indices.device
+    row_perm = row_perm.to(device=device, dtype=torch.int64)
+    col_perm = col_perm.to(device=device, dtype=torch.int64)
+    chunk_of_row = torch.arange(n, device=device) // rows_per_group  # permuted row -> chunk
+    depth_pos = depth.to(device=device, dtype=torch.int64).repeat_interleave(UNIT, dim=1)
+    table = lut(quantizer, device)
+    index = indices.to(torch.int64) + (1 << depth_pos)[chunk_of_row]
+    values = (loc.to(device, torch.float32)[chunk_of_row]
+              + scale.to(device, torch.float32)[chunk_of_row] * table[index])  # [N, Kp]
+    out = torch.empty((n, in_features + 1), dtype=torch.float32, device=device)
+    # Position p of chunk c holds column col_perm[c, p]; padding positions land in column K.
+    out.scatter_(1, col_perm[chunk_of_row], values)
+    w = torch.empty((n, in_features), dtype=torch.float32, device=device)
+    w[row_perm] = out[:, :in_features]
+    return w
