@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,3 +225,25 @@ def test_unwritable_output_dir(tmp_path):
             radio.save(fake_quantize(tiny_llama()), locked / "q")
     finally:
         locked.chmod(0o700)
+
+
+def test_python_and_cpp_writers_agree(tmp_path, monkeypatch):
+    """The safetensors fallback writer and radio._core.save make files both readers accept."""
+    core = radio._core
+    if not hasattr(core, "save"):
+        pytest.skip("radio._core.save is not built")
+    model = fake_quantize(tiny_opt())
+    layers = {n: m.to_packed() for n, m in model.named_modules() if isinstance(m, RadioLinear)}
+    rio._write_radio_file(tmp_path / "cpp.safetensors", layers)
+    monkeypatch.delattr(core, "save")
+    rio._write_radio_file(tmp_path / "py.safetensors", layers)
+    monkeypatch.undo()
+    for name in ("cpp", "py"):
+        path = tmp_path / f"{name}.safetensors"
+        ours, _ = rio.read_packed_layers(path)
+        theirs, _ = core.load(str(path))
+        assert set(ours) == set(theirs) == set(layers)
+        for layer, packed in layers.items():
+            for tensor, value in packed.to_numpy_dict().items():
+                assert np.array_equal(ours[layer].to_numpy_dict()[tensor], value), (name, tensor)
+                assert np.array_equal(theirs[layer][tensor], value), (name, layer, tensor)
