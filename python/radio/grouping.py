@@ -51,7 +51,8 @@ def chunk_one_hot(row_perm: torch.Tensor, rows_per_group: int, chunks: int,
     """[C, N]: entry (c, r) is 1 when ORIGINAL row r sits in chunk c under ``row_perm``."""
     n = row_perm.numel()
     chunk_of_row = torch.empty(n, dtype=torch.int64, device=row_perm.device)
-    chunk_of_row[row_perm.to(torch.int64)] = torch.arange(n, device=row_perm.device) // rows_per_group
+    positions = torch.arange(n, device=row_perm.device)
+    chunk_of_row[row_perm.to(torch.int64)] = positions // rows_per_group
     return torch.nn.functional.one_hot(chunk_of_row, chunks).to(dtype).t()
 
 

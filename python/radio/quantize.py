@@ -1,0 +1,615 @@
+"""``radio.quantize``: the Radio method on a PyTorch / Hugging Face model (method.md §2-7).
+
+One run:
+
+1. Find the layers: every ``nn.Linear`` inside the decoder blocks (the largest ``nn.ModuleList``
+   of blocks holding linear layers), or those ``filter_fn`` selects. Embeddings and the LM head
+   stay full precision unless ``QuantConfig.include_lm_head``.
+2. Calibration tokens (``calibration.prepare``), then the output principal directions from the
+   full-precision model (eigh of the centred covariance of the final hidden states).
+3. ``rounds`` times: backpropagate ``sequences_per_round`` sequences through the CURRENT
+   quantized model, accumulating per-group squared gradients and input means in the layer probes
+   (``sensitivity``); regroup rows, measure group spreads and allocate depths over ALL layers at
+   once (``radio._core.allocate``); re-quantize every layer from its ORIGINAL weights and
+   bias-correct ``b <- b - (W_hat - W) x_mean``.
+4. The last round quantizes with the per-group refinement, packs every layer
+   (``radio._core.pack``) and swaps in ``RadioLinear`` modules.
+
+All per-round work (statistics, grouping, quantization) is vectorised torch on the model's
+device, layer by layer; only the solver and the final bit packing run on the CPU.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+import types
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import calibration, grouping, layer, sensitivity, torch_quant
+from .config import QuantConfig
+from .format import LayerGeometry, PackedLayer
+from .report import QuantReport
+
+__all__ = ["quantize", "find_decoder_blocks", "find_target_layers"]
+
+_OFFLOAD_BYTES = 1 << 30  # keep originals on the GPU only below this size (config: None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the layers
+# ----------------------------------------------------------------------------------------------
+
+def _has_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in module.modules())
+
+
+def find_decoder_blocks(model: nn.Module) -> Optional[Tuple[str, nn.ModuleList]]:
+    """The model's decoder blocks: the ``nn.ModuleList`` with the most children that hold
+    linear layers (ties: more parameters). Returns (qualified name, list) or None."""
+    best, best_key = None, None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList):
+            continue
+        blocks = [child for child in module if _has_linear(child)]
+        if not blocks:
+            continue
+        key = (len(blocks), sum(p.numel() for p in module.parameters()))
+        if best_key is None or key > best_key:
+            best, best_key = (name, module), key
+    return best
+
+
+def _output_head(model: nn.Module) -> Optional[nn.Module]:
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        head = None
+    return head if isinstance(head, nn.Linear) else None
+
+
+def find_target_layers(model: nn.Module, filter_fn: Optional[Callable] = None,
+                       include_lm_head: bool = False) -> List[Tuple[str, nn.Linear]]:
+    """(qualified name, module) of every linear layer ``quantize`` would replace.
+
+    ``filter_fn(module, name) -> bool`` selects among all ``nn.Linear`` modules of the model;
+    without it, the linear layers inside the decoder blocks (plus the LM head when asked).
+    """
+    if filter_fn is not None:
+        return [(name, m) for name, m in model.named_modules()
+                if isinstance(m, nn.Linear) and filter_fn(m, name)]
+    found = find_decoder_blocks(model)
+    targets = []
+    if found is not None:
+        prefix, blocks = found
+        for name, m in blocks.named_modules():
+            if isinstance(m, nn.Linear):
+                targets.append((f"{prefix}.{name}" if prefix else name, m))
+    head = _output_head(model) if include_lm_head else None
+    if head is not None:
+        head_name = next(name for name, m in model.named_modules() if m is head)
+        if all(m is not head for _, m in targets):
+            targets.append((head_name, head))
+    return targets
+
+
+def _model_context(model: nn.Module) -> Optional[int]:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _vocab_size(model: nn.Module) -> Optional[int]:
+    value = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(value, int) and value > 0:
+        return value
+    emb = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = emb() if callable(emb) else None
+    except (NotImplementedError, AttributeError):
+        emb = None
+    return emb.num_embeddings if isinstance(emb, nn.Embedding) else None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _extract_hidden(out) -> torch.Tensor:
+    for key in ("last_hidden_state", "logits"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if isinstance(out, torch.Tensor):
+        return out
+    raise ValueError(f"cannot find the output tensor in a {type(out).__name__}; expected a "
+                     "tensor, a tuple or a model output with last_hidden_state / logits")
+
+
+def _output_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """tokens [b, T] -> final hidden states [b, T, D] (the LM head's input) of HF causal LMs
+    (their ``base_model``), or the output of any other model."""
+    base = getattr(model, "base_model", None)
+    target = base if isinstance(base, nn.Module) else model
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        try:
+            out = target(input_ids=tokens, use_cache=False)
+        except TypeError:
+            out = target(tokens)
+        return _extract_hidden(out)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------------------------
+
+def _describe_target(bits, size, max_distortion) -> Tuple[str, dict]:
+    if size is not None and max_distortion is not None:
+        raise ValueError("give at most one of size= and max_distortion= (they replace bits=), "
+                         f"got size={size!r} and max_distortion={max_distortion!r}")
+    if size is not None:
+        return f"size={size} bytes", {"size": size}
+    if max_distortion is not None:
+        return f"max_distortion={max_distortion} (relative)", {"max_distortion": max_distortion}
+    if bits is None:
+        raise ValueError("give a target: bits=, size= or max_distortion=")
+    return f"bits={bits} per weight (all-in)", {"bits": bits}
+
+
+def _check_target_reachable(target: dict, geometries: List[Tuple[LayerGeometry, bool]]) -> None:
+    """The checks ``layer.allocate`` makes, before any expensive work."""
+    total = sum(g.out_features * g.in_features for g, _ in geometries)
+    side = sum(8 * g.side_bytes(b) for g, b in geometries)
+    side_bpw = side / total
+    if "bits" in target:
+        bits = layer._check_number("bits", target["bits"])
+        if not side_bpw < bits <= 8.0:
+            raise ValueError(f"bits={bits} is outside the reachable range: the side information "
+                             f"alone costs {side_bpw:.4f} bits per weight at these group sizes; "
+                             f"expected bits in ({side_bpw:.4f}, 8]")
+    elif "size" in target:
+        size = layer._check_number("size", target["size"])
+        if not side / 8 < size <= total:
+            raise ValueError(f"size={size:.0f} bytes is outside the reachable range: the side "
+                             f"information alone takes {side / 8:.0f} bytes; expected size in "
+                             f"({side / 8:.0f}, {total}] (8 bits per weight)")
+    else:
+        d = layer._check_number("max_distortion", target["max_distortion"])
+        if not 0.0 < d <= 1.0:
+            raise ValueError(f"max_distortion={d} must be in (0, 1]: the modelled distortion "
+                             "relative to every group at 0 bits")
+
+
+# ----------------------------------------------------------------------------------------------
+# The session: probes installed, statistics, rounds
+# ----------------------------------------------------------------------------------------------
+
+def _checkpointed(forward, *args, **kwargs):
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+class _Session:
+    """Owns the model while it is being quantized; puts everything back on failure."""
+
+    def __init__(self, model: nn.Module, targets: List[Tuple[str, nn.Linear]],
+                 config: QuantConfig, device: torch.device, progress: bool) -> None:
+        self.model = model
+        self.targets = targets
+        self.config = config
+        self.device = device
+        self.progress = progress
+        self.clock = sensitivity.CalibrationClock()
+        self.states: List[sensitivity.LayerState] = []
+        self.probes: Dict[str, sensitivity.LayerProbe] = {}
+        self.head_name: Optional[str] = None
+        head = _output_head(model)
+        for name, module in targets:
+            if module is head:
+                self.head_name = name
+        self._saved_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        self._was_training = model.training
+        self._patched_blocks: List[nn.Module] = []
+        self._installed = False
+
+    # -- install / restore ----------------------------------------------------------------------
+    def install(self, offload: bool, has_bias: bool) -> None:
+        cfg = self.config
+        target_ids = {id(m) for _, m in self.targets}
+        # Weights shared with a module we do not replace (tied embeddings) must not be
+        # overwritten in place: such layers get their own working copy.
+        foreign = {p.data_ptr() for m in self.model.modules() if id(m) not in target_ids
+                   for p in m.parameters(recurse=False)}
+        for p, _ in self._saved_requires_grad:
+            p.requires_grad_(False)
+        self.model.eval()
+        for name, module in self.targets:
+            w = module.weight.detach()
+            if offload:
+                original = w.to("cpu", copy=True)
+                if w.is_cuda:
+                    original = original.pin_memory()
+            else:
+                original = w.clone()
+            working = w.clone() if w.data_ptr() in foreign else w
+            n, k = w.shape
+            gs = cfg.rows_per_group_for(n)
+            bias = module.bias.detach().clone() if module.bias is not None else \
+                torch.zeros(n, dtype=w.dtype, device=w.device)
+            state = sensitivity.LayerState(
+                name=name, module=module, rows_per_group=gs, weight=working, bias=bias,
+                original=original,
+                original_bias=None if module.bias is None else
+                module.bias.detach().to(torch.float32).clone(),
+                row_log2_var=grouping.row_log2_variance(w),
+                row_perm=grouping.row_order(grouping.row_log2_variance(w),
+                                            torch.ones(n, device=w.device)),
+                g2_sum=torch.zeros(grouping.chunk_count(n, gs), k, dtype=torch.float32,
+                                   device=w.device),
+                row_g2_sum=torch.zeros(n, dtype=torch.float64, device=w.device),
+                x_sum=torch.zeros(k, dtype=torch.float64, device=w.device),
+                has_bias=has_bias or module.bias is not None)
+            self.states.append(state)
+            probe = sensitivity.LayerProbe(state, self.clock)
+            self.probes[name] = probe
+            _set_submodule(self.model, name, probe)
+        self._installed = True
+
+    def enable_checkpointing(self, blocks: Optional[nn.ModuleList]) -> None:
+        if blocks is None:
+            return
+        for block in blocks:
+            block.forward = functools.partial(_checkpointed, block.forward)
+            self._patched_blocks.append(block)
+
+    def _unpatch_blocks(self) -> None:
+        for block in self._patched_blocks:
+            if "forward" in block.__dict__:
+                del block.forward
+        self._patched_blocks = []
+
+    def restore(self) -> None:
+        """Undo everything (after a failure): original modules and weights back."""
+        self._unpatch_blocks()
+        if self._installed:
+            for state in self.states:
+                module = state.module
+                if state.weight.data_ptr() == module.weight.data_ptr():
+                    module.weight.data.copy_(state.original.to(module.weight.device))
+                _set_submodule(self.model, state.name, module)
+        self._finish_model()
+
+    def _finish_model(self) -> None:
+        for p, flag in self._saved_requires_grad:
+            p.requires_grad_(flag)
+        self.model.train(self._was_training)
+
+    # -- output directions ----------------------------------------------------------------------
+    @torch.no_grad()
+    def output_directions(self, calib: calibration.CalibrationSet, output_fn, micro_batch: int
+                          ) -> torch.Tensor:
+        cfg = self.config
+        count = min(len(calib), cfg.pca_sequences or len(calib))
+        cov = None
+        bar = tqdm(total=count, desc="radio: output covariance", unit="seq",
+                   disable=not self.progress, leave=False)
+        for start in range(0, count, micro_batch):
+            tokens = calib.tokens[start:min(start + micro_batch, count)].to(self.device)
+            h = output_fn(tokens)
+            if cov is None:
+                cov = sensitivity.OutputCovariance(h.shape[-1], h.device)
+            cov.add(h)
+            bar.update(tokens.shape[0])
+        bar.close()
+        covariance = cov.covariance()
+        if self.head_name is None:
+            return sensitivity.principal_directions(covariance, cfg.pca_components)
+        head_state = next(s for s in self.states if s.name == self.head_name)
+        w0 = head_state.original.to(self.device, torch.float32)
+        hidden_side = sensitivity.logit_directions(covariance, w0, cfg.pca_components)
+        return (hidden_side.to(self.device) @ w0.t()).contiguous()  # [k, V]: unit vectors u_k
+
+    # -- one round ------------------------------------------------------------------------------
+    def backprop(self, tokens: torch.Tensor, directions: torch.Tensor, positions, output_fn,
+                 generator: torch.Generator) -> None:
+        for state in self.states:
+            state.collect = True
+        self.clock.step += 1
+        head = self.probes[self.head_name] if self.head_name is not None else None
+        try:
+            with torch.enable_grad():
+                sensitivity.backpropagate(output_fn, tokens, directions, positions,
+                                          self.config.estimator, generator, head=head)
+        finally:
+            for state in self.states:
+                state.collect = False
+                state.passes += tokens.shape[0]
+
+    def plan(self, target: dict) -> layer.Allocation:
+        """Regroup every layer with its current statistics, then allocate over all layers."""
+        cfg = self.config
+        for state in self.states:
+            gs = state.rows_per_group
+            new_perm = grouping.row_order(state.row_log2_var, state.row_g2())
+            state.g2_sum = grouping.remap_group_sums(state.g2_sum, state.row_perm, new_perm,
+                                                     state.row_g2_sum, gs)
+            state.row_perm = new_perm
+            w = state.original.to(self.device, non_blocking=True).to(torch.float32)
+            state.stats = layer.statistics_from_groups(w, new_perm, state.group_g2(), gs,
+                                                       state.has_bias)
+        return layer.allocate([s.stats for s in self.states], rounding=cfg.rounding,
+                              max_depth=cfg.max_depth, **target)
+
+    @torch.no_grad()
+    def requantize(self, alloc: layer.Allocation, refine: bool, final: bool
+                   ) -> Dict[str, PackedLayer]:
+        """Quantize every layer from its original weight at the allocated depths; update the
+        working weights and biases; pack when ``final``."""
+        cfg = self.config
+        packed = {}
+        states = self.states
+        if final:
+            states = tqdm(states, desc="radio: final quantization", unit="layer",
+                          disable=not self.progress, leave=False)
+        for state, depth in zip(states, alloc.depths):
+            st = state.stats
+            w = state.original.to(self.device, non_blocking=True).to(torch.float32)
+            depth = depth.to(self.device)
+            laplace = cfg.quantizer == "laplace"
+            q = torch_quant.quantize_layer(
+                w, st.row_perm, st.col_perm, depth, st.rows_per_group, cfg.quantizer, refine,
+                cfg.symmetric, mu0=st.location if laplace else None,
+                spread=st.spread if laplace else None, need_indices=final)
+            state.weight.copy_(q.w_hat.to(state.weight.dtype))
+            bias = None
+            if state.has_bias:
+                bias = torch.zeros(w.shape[0], device=self.device) if state.original_bias is None \
+                    else state.original_bias.to(self.device)
+                if cfg.bias_correction:
+                    bias = bias - (q.w_hat - w) @ state.x_mean().to(self.device)
+                state.bias.copy_(bias.to(state.bias.dtype))
+            state.depth = depth
+            if final:
+                packed[state.name] = layer.packed_layer(
+                    st.geometry, cfg.quantizer, st.row_perm, st.col_perm, depth, q, bias)
+        return packed
+
+    def finish(self, packed: Dict[str, PackedLayer]) -> None:
+        """Swap the probes for RadioLinear modules holding the packed layers."""
+        from .nn import RadioLinear
+
+        self._unpatch_blocks()
+        for state in self.states:
+            dtype = state.weight.dtype
+            module = RadioLinear.from_packed(packed[state.name], dtype=dtype)
+            _set_submodule(self.model, state.name, module)
+            # Drop what the session held: originals (maybe pinned CPU memory), working copies.
+            state.original = state.weight = state.stats = None
+        self._finish_model()
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory planning
+# ----------------------------------------------------------------------------------------------
+
+def _plan_memory(config: QuantConfig, targets, blocks: Optional[nn.ModuleList], seq_len: int,
+                 device: torch.device, dtype: torch.dtype) -> Tuple[bool, int]:
+    """(checkpointing, micro_batch). The saved activations of one token are estimated from the
+    linear layers' widths (inputs and outputs are what autograd keeps, with norms and attention
+    adding about half as much again)."""
+    per_round = config.sequences_per_round
+    if config.estimator == "per_token":
+        micro = 1
+    elif config.micro_batch is not None:
+        micro = min(config.micro_batch, per_round)
+    else:
+        micro = None
+    if device.type != "cuda":
+        ckpt = bool(config.checkpointing)
+        if micro is None:
+            micro = max(1, min(per_round, 2048 // seq_len))
+        return ckpt, micro
+    elem = torch.finfo(dtype).bits // 8
+    widths = sum(m.in_features + m.out_features for _, m in targets)
+    per_seq = 1.5 * elem * widths * seq_len
+    budget = config.activation_budget_gb * (1 << 30)
+    ckpt = config.checkpointing if config.checkpointing is not None else per_seq > budget
+    if ckpt and blocks is not None and len(blocks) > 0:
+        # Block inputs are kept; one block's activations are rebuilt at a time.
+        hidden = max(m.in_features for _, m in targets)
+        per_seq = elem * seq_len * (2 * hidden * len(blocks)) + per_seq / len(blocks)
+    if micro is None:
+        micro = int(max(1, min(per_round, budget // max(per_seq, 1))))
+    return ckpt, micro
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------
+
+def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int] = None,
+             max_distortion: Optional[float] = None, calib=None,
+             config: Optional[QuantConfig] = None, filter_fn: Optional[Callable] = None,
+             tokenizer=None, verbose: bool = True) -> nn.Module:
+    """Quantize a causal LM (or any model, with ``filter_fn``) with the Radio method, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A transformers causal LM (Llama, Qwen2/3, Mistral, OPT, GPT-NeoX, ...) or any module
+        mapping token ids ``[b, T]`` to outputs ``[b, T, D]``. Modified in place and returned:
+        its linear layers are replaced by ``radio.nn.RadioLinear``.
+    bits : float
+        Target average bits per weight over the quantized layers, COUNTING ALL SIDE
+        INFORMATION (scales, locations, permutations, depths, biases: ``PackedLayer.nbytes()``).
+    size : int, optional
+        Target total stored bytes of the quantized layers (replaces ``bits``).
+    max_distortion : float in (0, 1], optional
+        Target modelled output distortion ``sum_u coef_u 2^(-2 B_u)``, relative to its value with
+        every group at 0 bits (replaces ``bits``); the size is whatever it implies.
+    calib : list of str | LongTensor [n, T] | iterable of batches | None
+        Calibration data (see ``radio.calibration``). ``None`` samples sequences from the model.
+    config : QuantConfig, optional
+        Hyperparameters; default ``QuantConfig.for_device`` (paper settings on a GPU, the
+        ``cpu`` preset otherwise).
+    filter_fn : callable(module, name) -> bool, optional
+        Choose the ``nn.Linear`` layers to quantize instead of the decoder blocks' layers.
+    tokenizer : optional
+        Tokenizes text ``calib`` (default: ``model.tokenizer``).
+    verbose : bool
+        Print the report.
+
+    Returns
+    -------
+    The model, with ``model.radio_report`` (a ``radio.report.QuantReport``).
+    """
+    start = time.perf_counter()
+    seconds: Dict[str, float] = {}
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device = _model_device(model)
+    if config is None:
+        config = QuantConfig.for_device(device)
+    elif not isinstance(config, QuantConfig):
+        raise ValueError(f"config must be a radio.QuantConfig, got {type(config).__name__}")
+    progress = config.progress
+    target_text, target = _describe_target(bits, size, max_distortion)
+
+    targets = find_target_layers(model, filter_fn, config.include_lm_head)
+    if not targets:
+        raise ValueError(f"found no nn.Linear layers to quantize in {type(model).__name__}: "
+                         "expected decoder blocks (an nn.ModuleList of blocks holding linear "
+                         "layers) or a filter_fn selecting nn.Linear modules")
+    for name, module in targets:
+        bad = int((~torch.isfinite(module.weight.detach())).sum())
+        if bad:
+            raise ValueError(f"layer '{name}' has {bad} non-finite weights (NaN or inf) out of "
+                             f"{module.weight.numel()}; expected finite weights")
+    has_bias = config.bias_correction
+    geometries = [(LayerGeometry(m.out_features, m.in_features,
+                                 config.rows_per_group_for(m.out_features)),
+                   has_bias or m.bias is not None) for _, m in targets]
+    _check_target_reachable(target, geometries)
+
+    seq_len = config.resolved_seq_len(_model_context(model))
+    vocab = _vocab_size(model)
+    t = time.perf_counter()
+    calib_set = calibration.prepare(
+        calib, model, tokenizer=tokenizer, seq_len=seq_len,
+        calib_sequences=config.calib_sequences, generate_sequences=config.generate_sequences,
+        generate_length=config.resolved_generate_length(seq_len), seed=config.seed,
+        device=device, vocab_size=vocab, progress=progress)
+    seconds["calibration data"] = time.perf_counter() - t
+    seq_len = calib_set.seq_len
+    positions = sensitivity.token_positions(seq_len, config.tokens_per_sequence)
+
+    found = find_decoder_blocks(model)
+    blocks = found[1] if found is not None else None
+    dtype = targets[0][1].weight.dtype
+    ckpt, micro = _plan_memory(config, targets, blocks, seq_len, device, dtype)
+    total_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
+    offload = config.offload_originals if config.offload_originals is not None else (
+        device.type == "cuda" and total_bytes > _OFFLOAD_BYTES)
+
+    session = _Session(model, targets, config, device, progress)
+    history: List[dict] = []
+    try:
+        session.install(offload, has_bias)
+        output_fn = _output_function(model)
+        t = time.perf_counter()
+        directions = session.output_directions(calib_set, output_fn, micro)
+        seconds["output directions"] = time.perf_counter() - t
+        if ckpt:
+            session.enable_checkpointing(blocks)
+        generator = torch.Generator().manual_seed(config.seed)
+        n_dir = directions.shape[0]
+        seq_counter = 0
+        t_rounds = time.perf_counter()
+        t_backprop = t_plan = t_quant = 0.0
+        bar = tqdm(total=config.rounds * config.sequences_per_round,
+                   desc="radio: calibration rounds", unit="seq", disable=not progress)
+        alloc = None
+        packed: Dict[str, PackedLayer] = {}
+        for r in range(config.rounds):
+            t0 = time.perf_counter()
+            done = 0
+            while done < config.sequences_per_round:
+                b = min(micro, config.sequences_per_round - done)
+                ids = [(seq_counter + j) % len(calib_set) for j in range(b)]
+                dirs = directions[[(seq_counter + j) % n_dir for j in range(b)]]
+                session.backprop(calib_set.tokens[ids].to(device), dirs, positions, output_fn,
+                                 generator)
+                seq_counter += b
+                done += b
+                bar.update(b)
+            t1 = time.perf_counter()
+            alloc = session.plan(target)
+            t2 = time.perf_counter()
+            final = r == config.rounds - 1
+            refine = config.refine and (final or (config.refine_every > 0 and
+                                                  (r + 1) % config.refine_every == 0))
+            packed = session.requantize(alloc, refine=refine, final=final)
+            t3 = time.perf_counter()
+            t_backprop, t_plan, t_quant = t_backprop + t1 - t0, t_plan + t2 - t1, t_quant + t3 - t2
+            history.append({"round": r + 1, "log2_V": float(alloc.report.get("log2_V", math.nan)),
+                            "bits_per_weight": alloc.bits_per_weight,
+                            "relative_distortion": alloc.relative_distortion,
+                            "seconds": t3 - t0})
+            bar.set_postfix(bpw=f"{alloc.bits_per_weight:.3f}",
+                            D=f"{alloc.relative_distortion:.3g}")
+        bar.close()
+        seconds["backprop"] = t_backprop
+        seconds["allocation"] = t_plan
+        seconds["quantization"] = t_quant
+        session.finish(packed)
+    except BaseException:
+        session.restore()
+        raise
+    seconds["total"] = time.perf_counter() - start
+    settings = config.to_dict()
+    settings.update(seq_len=seq_len, micro_batch=micro, checkpointing=ckpt,
+                    offload_originals=offload, output_directions=int(directions.shape[0]))
+    report = QuantReport.build(
+        packed, target=target_text, predicted_distortion=alloc.relative_distortion,
+        settings=settings, preset=config.preset, estimator=config.estimator,
+        calibration=calib_set.describe(), device=str(device), seconds=seconds,
+        solver=alloc.report, history=history)
+    model.radio_report = report
+    if verbose:
+        print(report)
+    return model
+
+
+class _CallableModule(types.ModuleType):
+    """``radio.quantize`` names both this module and its function. Importing the submodule
+    (``from radio.quantize import ...``) rebinds the package attribute to the module, so the
+    module forwards calls to the function: ``radio.quantize(model, ...)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return quantize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,265 @@
+"""Gradient-variance (G^2) estimation by backpropagation (method.md §2.2).
+
+The model "output" is the final hidden state ``h_t`` (the LM head's input), projected on one of
+its principal directions ``v_k`` (eigh of the centred covariance, sorted): ``y = v_k^T h_t`` at a
+few sampled token positions. Every quantized linear layer is wrapped in a ``LayerProbe`` whose
+autograd function squares the weight gradient ``(delta^T X)`` of each backward pass and adds it
+per group (one column of one chunk of ``gs`` rows) and per row. The probe never materialises a
+``.grad`` on the weight and keeps only per-group accumulators, so a 7B model's statistics cost
+~100 MB, not another copy of the weights.
+
+Two estimators of ``sum_t (dy_t/dW)^2``:
+
+- ``per_token`` (the paper's): one backward pass per sampled token.
+- ``random_sign``: one backward pass of ``sum_t s_t y_t`` with independent Rademacher signs
+  ``s_t``. Since ``E[s_t s_u] = [t = u]``, ``E[(sum_t s_t g_t)^2] = sum_t g_t^2`` elementwise: an
+  unbiased estimate at 1/17 of the backward passes (more variance per sequence, averaged away
+  over the 1024 sequences of a run). Signs independent across sequences also make a micro-batch
+  of sequences one backward pass.
+
+The probe also keeps the running mean of its layer's input (for bias correction, method.md §5.4).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import grouping
+
+
+@dataclasses.dataclass
+class LayerState:
+    """Everything tracked for one quantized linear layer during the pipeline.
+
+    Tensors live on the layer's device unless noted. ``weight`` is the working weight the model
+    computes with (the dequantized one after the first round), in the model's dtype.
+    """
+
+    name: str
+    module: nn.Linear
+    rows_per_group: int
+    weight: torch.Tensor  # [N, K], model dtype: working (dequantized) weight
+    bias: torch.Tensor  # [N], model dtype: working (bias-corrected) bias; zeros if none
+    original: torch.Tensor  # [N, K], model dtype: the original weight (maybe on the CPU)
+    original_bias: Optional[torch.Tensor]  # [N] float32 or None
+    row_log2_var: torch.Tensor  # [N] float32
+    row_perm: torch.Tensor  # [N] int64: current row grouping
+    g2_sum: torch.Tensor  # [C, K] float32: sum of squared gradients per group
+    row_g2_sum: torch.Tensor  # [N] float64: sum of squared gradients per (original) row
+    x_sum: torch.Tensor  # [K] float64: sum of the layer's inputs
+    x_count: int = 0
+    passes: int = 0  # sequences whose gradients were added
+    mean_step: int = -1  # last clock step whose input mean was taken (checkpoint recomputes)
+    collect: bool = False
+    has_bias: bool = True  # the stored layer carries a bias (side information)
+    # Set by the allocation of each round (layer.LayerStatistics) and the quantization:
+    stats: Optional[object] = None
+    depth: Optional[torch.Tensor] = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def chunks(self) -> int:
+        return grouping.chunk_count(self.out_features, self.rows_per_group)
+
+    def x_mean(self) -> torch.Tensor:
+        """float32 [K]: running mean of the layer input (zeros before any input)."""
+        if self.x_count == 0:
+            return torch.zeros(self.in_features, dtype=torch.float32, device=self.x_sum.device)
+        return (self.x_sum / self.x_count).to(torch.float32)
+
+    def group_g2(self) -> torch.Tensor:
+        """float32 [C, K]: mean squared gradient per weight of every group (unnormalised scale:
+        the allocation only compares groups)."""
+        rows = grouping.rows_per_chunk(self.out_features, self.rows_per_group, self.g2_sum.device)
+        return self.g2_sum / rows[:, None].to(torch.float32)
+
+    def row_g2(self) -> torch.Tensor:
+        return self.row_g2_sum / self.in_features
+
+    # -- accumulation ---------------------------------------------------------------------------
+    def observe_input(self, x: torch.Tensor, step: int) -> None:
+        if not self.collect or self.mean_step == step:
+            return
+        self.mean_step = step
+        flat = x.detach().reshape(-1, x.shape[-1])
+        self.x_sum += flat.sum(dim=0, dtype=torch.float64)
+        self.x_count += flat.shape[0]
+
+    def add_gradient(self, grad_out: torch.Tensor, x: torch.Tensor) -> None:
+        """Add the squared weight gradient ``(grad_out^T x)^2`` per group and per row."""
+        n, k = self.out_features, self.in_features
+        delta = grad_out.reshape(-1, n)
+        inputs = x.reshape(-1, k)
+        # float16 products of gradients and activations may overflow; bfloat16 and float32 not.
+        if delta.dtype == torch.float16:
+            delta, inputs = delta.float(), inputs.float()
+        delta = delta.to(inputs.dtype)
+        # Rows in chunk order, so that groups are contiguous blocks: grad^T x with permuted rows.
+        grad = (delta[:, self.row_perm].t() @ inputs).float().square_()  # [N, K] permuted rows
+        self.row_g2_sum[self.row_perm] += grad.sum(dim=1, dtype=torch.float64)
+        for c0, chunks, _, block in grouping.chunk_blocks(grad, self.rows_per_group):
+            self.g2_sum[c0:c0 + chunks] += block.sum(dim=1)
+
+
+class _ProbeFunction(torch.autograd.Function):
+    """``F.linear`` whose backward adds the squared weight gradient to the layer's statistics
+    and returns only the input gradient (weights are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, anchor, state):
+        ctx.state = state
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        state = ctx.state
+        if state.collect:
+            state.add_gradient(grad_out, x)
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None
+
+
+class CalibrationClock:
+    """Counts forward passes, so that a probe takes the input mean once per pass even when a
+    checkpointed block runs its forward again during the backward pass."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        # A leaf that requires grad, fed to every probe: the probe outputs then require grad
+        # (so every probe's backward runs) even when nothing upstream does.
+        self.anchor = torch.zeros(0, requires_grad=True)
+
+
+class LayerProbe(nn.Module):
+    """Stands in for an ``nn.Linear`` during calibration: computes with the working weight and
+    bias of its ``LayerState`` and records statistics."""
+
+    def __init__(self, state: LayerState, clock: CalibrationClock) -> None:
+        super().__init__()
+        self.state = state
+        self.clock = clock
+        self.in_features = state.in_features
+        self.out_features = state.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        state.observe_input(x, self.clock.step)
+        x = x.to(state.weight.dtype)
+        if torch.is_grad_enabled():
+            return _ProbeFunction.apply(x, state.weight, state.bias, self.clock.anchor, state)
+        return F.linear(x, state.weight, state.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.state.name}: in={self.in_features}, out={self.out_features}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Output directions
+# ----------------------------------------------------------------------------------------------
+
+class OutputCovariance:
+    """Running mean and covariance of output vectors (float64)."""
+
+    def __init__(self, dim: int, device) -> None:
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, h: torch.Tensor) -> None:
+        flat = h.detach().reshape(-1, h.shape[-1]).to(torch.float64)
+        self.sum += flat.sum(dim=0)
+        self.outer += flat.t() @ flat
+        self.count += flat.shape[0]
+
+    def covariance(self) -> torch.Tensor:
+        if self.count < 2:
+            raise ValueError(f"the output covariance needs at least 2 token vectors, got "
+                             f"{self.count}")
+        mean = self.sum / self.count
+        return self.outer / self.count - torch.outer(mean, mean)
+
+
+def principal_directions(cov: torch.Tensor, components: int) -> torch.Tensor:
+    """float32 [k, D]: unit eigenvectors of ``cov`` by descending eigenvalue; at most
+    ``components``, dropping directions whose variance is below 1e-10 of the largest."""
+    evals, evecs = torch.linalg.eigh(cov)
+    order = torch.argsort(evals, descending=True)
+    evals, evecs = evals[order], evecs[:, order]
+    keep = int((evals > evals[0].clamp_min(0) * 1e-10).sum().item()) if evals[0] > 0 else 1
+    keep = max(1, min(components, keep))
+    return evecs[:, :keep].t().contiguous().to(torch.float32)
+
+
+def logit_directions(cov: torch.Tensor, head_weight: torch.Tensor, components: int
+                     ) -> torch.Tensor:
+    """Principal directions of the logits ``W h`` as hidden-side vectors ``a_k`` [k, D] with
+    ``u_k = W a_k`` the unit eigenvectors of ``Cov(logits) = W C W^T`` (never formed: it is
+    vocab x vocab). With ``C = Q L Q^T``, ``A = W Q L^(1/2)``: the eigenvectors of ``A A^T`` are
+    ``A e / sigma`` for the eigenpairs ``(e, sigma^2)`` of ``A^T A``, so
+    ``a = Q L^(1/2) e / sigma``.
+    """
+    evals, q = torch.linalg.eigh(cov)
+    root = q * evals.clamp_min(0).sqrt()[None, :]  # [D, D]
+    w = head_weight.to(cov.device, torch.float64)
+    gram = root.t() @ (w.t() @ w) @ root
+    s2, e = torch.linalg.eigh(gram)
+    order = torch.argsort(s2, descending=True)
+    s2, e = s2[order], e[:, order]
+    keep = int((s2 > s2[0].clamp_min(0) * 1e-10).sum().item()) if s2[0] > 0 else 1
+    keep = max(1, min(components, keep))
+    a = (root @ e[:, :keep]) / s2[:keep].clamp_min(1e-300).sqrt()[None, :]
+    return a.t().contiguous().to(torch.float32)
+
+
+def token_positions(seq_len: int, count: int) -> torch.Tensor:
+    """``count`` evenly spaced positions in ``0..seq_len-1``, first and last included: for 2048
+    tokens and 17 positions these are the paper's 0, 127, 255, ..., 2047."""
+    count = min(count, seq_len)
+    if count == 1:
+        return torch.tensor([seq_len - 1])
+    j = torch.arange(count, dtype=torch.float64)
+    return torch.floor(j * (seq_len - 1) / (count - 1)).to(torch.int64)
+
+
+def rademacher(shape, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator).to(torch.float32).mul_(2).sub_(1)
+
+
+def backpropagate(output_fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,
+                  directions: torch.Tensor, positions: torch.Tensor, estimator: str,
+                  generator: torch.Generator,
+                  head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+    """One forward pass of ``tokens`` [b, T] and the backward pass(es) of the projected outputs.
+
+    ``directions`` [b, D]: the unit direction of every sequence in the space of the projected
+    output: hidden states, or logits when ``head`` maps the sampled hidden states to logits
+    (``u_k = W a_k`` of ``logit_directions``). The probes add the squared gradients to their
+    layers' statistics.
+    """
+    hidden = output_fn(tokens)  # [b, T, D]
+    picked = hidden[:, positions.to(hidden.device)]  # [b, n, D]
+    if head is not None:
+        picked = head(picked)  # [b, n, V] logits of the sampled tokens
+    proj = torch.einsum("bnd,bd->bn", picked.float(), directions.to(picked.device))
+    if estimator == "random_sign":
+        signs = rademacher(proj.shape, generator).to(proj.device)
+        (proj * signs).sum().backward()
+    elif estimator == "per_token":
+        flat = proj.reshape(-1)
+        for i in range(flat.numel()):
+            flat[i].backward(retain_graph=i + 1 < flat.numel())
+    else:
+        raise ValueError(f"estimator must be 'random_sign' or 'per_token', got {estimator!r}")
