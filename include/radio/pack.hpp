@@ -11,7 +11,9 @@
 // The *_ref functions are the plain bit-by-bit twins the tests compare against.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -42,49 +44,90 @@ decltype(auto) with_depth(int depth, F&& f) {
 template <int kBits>
 struct BitPack {
   static_assert(kBits >= 1 && kBits <= kMaxDepth, "BitPack needs 1..8 bits");
-  static constexpr std::uint32_t kMask = (1u << kBits) - 1u;
+  // A unit row is 32*kBits bits = kLanes 64-bit lanes (the last one half full for odd kBits).
+  static constexpr int kLanes = (kUnit * kBits + 63) / 64;
+  // Every byte of an 8-index group must fit in kBits bits.
+  static constexpr std::uint64_t kByteMask = 0x0101010101010101ull * ((1u << kBits) - 1u);
 
-  // Packs idx[0..32) into kBits words out[0], out[stride], ... Returns the OR of all indices, so
-  // the caller can check `(or >> kBits) == 0` (every index fits) once per many rows.
-  static std::uint32_t pack(const std::uint8_t* idx, std::uint32_t* out, std::int64_t stride) {
-    std::uint32_t w[kBits] = {};
-    std::uint32_t seen = 0;
-    pack_all(idx, w, seen, std::make_index_sequence<kUnit>{});
-    for (int b = 0; b < kBits; ++b) out[b * stride] = w[b];
+  // Packs idx[0..32) into kBits words out[0], out[stride], ... Returns the OR of all indices
+  // (as bytes of a uint64), so the caller can check once per many rows that every index fits.
+  static std::uint64_t pack(const std::uint8_t* idx, std::uint32_t* out, std::int64_t stride) {
+    std::uint64_t lanes[kLanes] = {};
+    std::uint64_t seen = 0;
+    pack_groups(idx, lanes, seen, std::make_index_sequence<4>{});
+    store_words(lanes, out, stride, std::make_index_sequence<kBits>{});
     return seen;
   }
 
   // Unpacks kBits words in[0], in[stride], ... into idx[0..32).
   static void unpack(const std::uint32_t* in, std::int64_t stride, std::uint8_t* idx) {
-    std::uint32_t w[kBits];
-    for (int b = 0; b < kBits; ++b) w[b] = in[b * stride];
-    unpack_all(w, idx, std::make_index_sequence<kUnit>{});
+    std::uint64_t lanes[kLanes] = {};
+    load_words(in, stride, lanes, std::make_index_sequence<kBits>{});
+    unpack_groups(lanes, idx, std::make_index_sequence<4>{});
+  }
+
+  // 8 indices (one per byte, each < 2^kBits) -> their 8*kBits-bit string, index j at bits
+  // [j*kBits, (j+1)*kBits). Three SWAR steps halve the number of lanes, doubling their width.
+  static constexpr std::uint64_t squeeze(std::uint64_t x) {
+    x = (x & 0x00FF00FF00FF00FFull) | ((x & 0xFF00FF00FF00FF00ull) >> (8 - kBits));
+    x = (x & 0x0000FFFF0000FFFFull) | ((x & 0xFFFF0000FFFF0000ull) >> (16 - 2 * kBits));
+    return (x & 0x00000000FFFFFFFFull) | ((x & 0xFFFFFFFF00000000ull) >> (32 - 4 * kBits));
+  }
+  // Inverse of squeeze: an 8*kBits-bit string (higher bits zero) -> 8 bytes.
+  static constexpr std::uint64_t spread(std::uint64_t x) {
+    x = (x & low_bits(4 * kBits)) | ((x << (32 - 4 * kBits)) & 0xFFFFFFFF00000000ull);
+    x = (x & (0x0000000100000001ull * low_bits(2 * kBits))) |
+        ((x << (16 - 2 * kBits)) & 0xFFFF0000FFFF0000ull);
+    return (x & (0x0001000100010001ull * low_bits(kBits))) |
+           ((x << (8 - kBits)) & 0xFF00FF00FF00FF00ull);
   }
 
  private:
-  template <std::size_t J>
-  static void put(std::uint32_t (&w)[kBits], std::uint32_t v) {
-    constexpr int kBit = static_cast<int>(J) * kBits, kWord = kBit / 32, kShift = kBit % 32;
-    w[kWord] |= v << kShift;
-    // An index straddling two words (only for 3, 5, 6, 7 bits) spills its high bits over.
-    if constexpr (kShift + kBits > 32) w[kWord + 1] |= v >> (32 - kShift);
+  static constexpr std::uint64_t low_bits(int n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+  // Group g (indices 8g..8g+7) occupies string bits [g*8*kBits, (g+1)*8*kBits): lane kLane at
+  // shift kShift, spilling into the next lane when it does not fit.
+  template <std::size_t G>
+  static void put(std::uint64_t (&lanes)[kLanes], std::uint64_t piece) {
+    constexpr int kBit = static_cast<int>(G) * 8 * kBits, kLane = kBit / 64, kShift = kBit % 64;
+    lanes[kLane] |= piece << kShift;
+    if constexpr (kShift + 8 * kBits > 64) lanes[kLane + 1] |= piece >> (64 - kShift);
   }
-  template <std::size_t J>
-  static std::uint8_t get(const std::uint32_t (&w)[kBits]) {
-    constexpr int kBit = static_cast<int>(J) * kBits, kWord = kBit / 32, kShift = kBit % 32;
-    std::uint32_t v = w[kWord] >> kShift;
-    if constexpr (kShift + kBits > 32) v |= w[kWord + 1] << (32 - kShift);
-    return static_cast<std::uint8_t>(v & kMask);
+  template <std::size_t G>
+  static std::uint64_t get(const std::uint64_t (&lanes)[kLanes]) {
+    constexpr int kBit = static_cast<int>(G) * 8 * kBits, kLane = kBit / 64, kShift = kBit % 64;
+    std::uint64_t piece = lanes[kLane] >> kShift;
+    if constexpr (kShift + 8 * kBits > 64) piece |= lanes[kLane + 1] << (64 - kShift);
+    return piece & low_bits(8 * kBits);
   }
-  template <std::size_t... J>
-  static void pack_all(const std::uint8_t* idx, std::uint32_t (&w)[kBits], std::uint32_t& seen,
-                       std::index_sequence<J...>) {
-    ((put<J>(w, idx[J]), seen |= idx[J]), ...);
+  template <std::size_t... G>
+  static void pack_groups(const std::uint8_t* idx, std::uint64_t (&lanes)[kLanes],
+                          std::uint64_t& seen, std::index_sequence<G...>) {
+    std::uint64_t x[4];
+    std::memcpy(x, idx, sizeof x);  // little-endian: byte j of x[g] is index 8g + j
+    // No masking: an index that does not fit shows in `seen`, and the caller then throws.
+    ((seen |= x[G], put<G>(lanes, squeeze(x[G]))), ...);
   }
-  template <std::size_t... J>
-  static void unpack_all(const std::uint32_t (&w)[kBits], std::uint8_t* idx,
-                         std::index_sequence<J...>) {
-    ((idx[J] = get<J>(w)), ...);
+  template <std::size_t... G>
+  static void unpack_groups(const std::uint64_t (&lanes)[kLanes], std::uint8_t* idx,
+                            std::index_sequence<G...>) {
+    const std::uint64_t x[4] = {spread(get<G>(lanes))...};
+    std::memcpy(idx, x, sizeof x);
+  }
+  // Word b of the string is the low (b even) or high (b odd) half of lane b / 2.
+  template <std::size_t... B>
+  static void store_words(const std::uint64_t (&lanes)[kLanes], std::uint32_t* out,
+                          std::int64_t stride, std::index_sequence<B...>) {
+    ((out[static_cast<std::int64_t>(B) * stride] =
+          static_cast<std::uint32_t>(lanes[B / 2] >> (32 * (B % 2)))),
+     ...);
+  }
+  template <std::size_t... B>
+  static void load_words(const std::uint32_t* in, std::int64_t stride,
+                         std::uint64_t (&lanes)[kLanes], std::index_sequence<B...>) {
+    ((lanes[B / 2] |= static_cast<std::uint64_t>(in[static_cast<std::int64_t>(B) * stride])
+                      << (32 * (B % 2))),
+     ...);
   }
 };
 
@@ -134,6 +177,10 @@ namespace detail {
 }
 }  // namespace detail
 
+// Rows are walked in tiles of kRowTile: a tile of indices (kRowTile * Kp bytes) stays in cache
+// while every unit of the chunk packs it, and each unit writes whole cache lines of every word.
+inline constexpr std::int64_t kRowTile = 32;
+
 // indices uint8 [N, Kp] (permuted rows, chunk-position order) -> qweight [W]. Every index must be
 // < 2^depth of its unit (so depth-0 units and padding hold 0 when their unit's depth is 0).
 inline void pack_layer(const LayerGeometry& g, const std::uint8_t* depth,
@@ -143,23 +190,28 @@ inline void pack_layer(const LayerGeometry& g, const std::uint8_t* depth,
   for (std::int64_t c = 0; c < g.chunks(); ++c) {
     const std::int64_t rows = g.rows_in_chunk(c);
     const std::uint8_t* chunk_idx = indices + c * g.rows_per_group * kp;
-    for (std::int64_t u = 0; u < units; ++u) {
-      const int d = depth[c * units + u];
-      std::uint32_t* out = qweight + layout.unit_word[static_cast<std::size_t>(c * units + u)];
-      const std::uint8_t* in = chunk_idx + u * kUnit;
-      const std::uint32_t seen = with_depth(d, [&](auto bits) -> std::uint32_t {
-        constexpr int kBits = decltype(bits)::value;
-        std::uint32_t any = 0;
-        if constexpr (kBits == 0) {
-          for (std::int64_t r = 0; r < rows; ++r)
-            for (int j = 0; j < kUnit; ++j) any |= in[r * kp + j];
-        } else {
-          for (std::int64_t r = 0; r < rows; ++r)
-            any |= BitPack<kBits>::pack(in + r * kp, out + r, rows);
-        }
-        return any;
-      });
-      if ((seen >> d) != 0) detail::fail_index_range(g, indices, c, u, d);
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+      const std::int64_t r1 = std::min(rows, r0 + kRowTile);
+      for (std::int64_t u = 0; u < units; ++u) {
+        const int d = depth[c * units + u];
+        std::uint32_t* out = qweight + layout.unit_word[static_cast<std::size_t>(c * units + u)];
+        const std::uint8_t* in = chunk_idx + u * kUnit;
+        // OR of every index of the tile, bytewise: one range check per tile, not per index.
+        const bool fits = with_depth(d, [&](auto bits) -> bool {
+          constexpr int kBits = decltype(bits)::value;
+          std::uint64_t any = 0;
+          if constexpr (kBits == 0) {
+            for (std::int64_t r = r0; r < r1; ++r)
+              for (int j = 0; j < kUnit; ++j) any |= in[r * kp + j];
+            return any == 0;
+          } else {
+            for (std::int64_t r = r0; r < r1; ++r)
+              any |= BitPack<kBits>::pack(in + r * kp, out + r, rows);
+            return (any & ~BitPack<kBits>::kByteMask) == 0;
+          }
+        });
+        if (!fits) detail::fail_index_range(g, indices, c, u, d);
+      }
     }
   }
 }
@@ -172,7 +224,7 @@ inline std::vector<std::uint32_t> pack_layer(const LayerGeometry& g, const std::
   return qweight;
 }
 
-// qweight [W] -> indices uint8 [N, Kp]; depth-0 units unpack to 0.
+// qweight [W] -> indices uint8 [N, Kp]; depth-0 units unpack to 0. Same tiling as pack_layer.
 inline void unpack_layer(const LayerGeometry& g, const std::uint8_t* depth,
                          const std::uint32_t* qweight, std::uint8_t* indices,
                          const WordLayout& layout) {
@@ -180,18 +232,22 @@ inline void unpack_layer(const LayerGeometry& g, const std::uint8_t* depth,
   for (std::int64_t c = 0; c < g.chunks(); ++c) {
     const std::int64_t rows = g.rows_in_chunk(c);
     std::uint8_t* chunk_idx = indices + c * g.rows_per_group * kp;
-    for (std::int64_t u = 0; u < units; ++u) {
-      const std::uint32_t* in = qweight + layout.unit_word[static_cast<std::size_t>(c * units + u)];
-      std::uint8_t* out = chunk_idx + u * kUnit;
-      with_depth(depth[c * units + u], [&](auto bits) {
-        constexpr int kBits = decltype(bits)::value;
-        if constexpr (kBits == 0) {
-          for (std::int64_t r = 0; r < rows; ++r)
-            for (int j = 0; j < kUnit; ++j) out[r * kp + j] = 0;
-        } else {
-          for (std::int64_t r = 0; r < rows; ++r) BitPack<kBits>::unpack(in + r, rows, out + r * kp);
-        }
-      });
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+      const std::int64_t r1 = std::min(rows, r0 + kRowTile);
+      for (std::int64_t u = 0; u < units; ++u) {
+        const std::uint32_t* in =
+            qweight + layout.unit_word[static_cast<std::size_t>(c * units + u)];
+        std::uint8_t* out = chunk_idx + u * kUnit;
+        with_depth(depth[c * units + u], [&](auto bits) {
+          constexpr int kBits = decltype(bits)::value;
+          if constexpr (kBits == 0) {
+            for (std::int64_t r = r0; r < r1; ++r) std::memset(out + r * kp, 0, kUnit);
+          } else {
+            for (std::int64_t r = r0; r < r1; ++r)
+              BitPack<kBits>::unpack(in + r, rows, out + r * kp);
+          }
+        });
+      }
     }
   }
 }

@@ -217,8 +217,8 @@ inline QuantizedLayer quantize_layer(const float* weight, const LayerGeometry& g
       const GroupCode code = quantize_group(block.data() + col * rows, rows, d, opt, scratch, q.data());
       const std::uint16_t scale_bits = float_to_half(code.scale), loc_bits = float_to_half(code.loc);
       RADIO_CHECK(half_is_finite(scale_bits) && half_is_finite(loc_bits), "the group of column ",
-                  col, " in chunk ", c, " needs loc ", code.loc, " and scale ", code.scale,
-                  ", beyond the float16 range (|x| <= 65504)");
+                  col, " in chunk ", c, " has a location or scale too large for float16 "
+                  "(|x| <= 65504); scale the weights down first");
       layer.scale[static_cast<std::size_t>(c * kp + p)] = scale_bits;
       layer.loc[static_cast<std::size_t>(c * kp + p)] = loc_bits;
       for (std::int64_t r = 0; r < rows; ++r)

@@ -34,10 +34,10 @@ void check_unit_round_trip(std::mt19937& rng) {
     std::uint8_t idx[32];
     for (auto& v : idx) v = static_cast<std::uint8_t>(rng() & ((1u << kBits) - 1));
     std::uint32_t fast[kBits], ref[kBits];
-    const std::uint32_t seen = radio::BitPack<kBits>::pack(idx, fast, 1);
+    const std::uint64_t seen = radio::BitPack<kBits>::pack(idx, fast, 1);
     radio::pack_unit_ref(idx, kBits, ref);
     for (int b = 0; b < kBits; ++b) REQUIRE(fast[b] == ref[b]);
-    REQUIRE((seen >> kBits) == 0u);
+    REQUIRE((seen & ~radio::BitPack<kBits>::kByteMask) == 0u);
     std::uint8_t back[32];
     radio::BitPack<kBits>::unpack(ref, 1, back);
     for (int j = 0; j < 32; ++j) REQUIRE(back[j] == idx[j]);
