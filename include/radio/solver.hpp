@@ -429,8 +429,8 @@ decltype(auto) dispatch_max_depth(int max_depth, Fn&& fn) {
   }
 }
 
-// Bisection on x = log2 t of a predicate that is false at lo and true at hi (or the reverse,
-// `true_above` false). Stops at a width of 1e-9 in log2 t, far below one histogram bin.
+// Bisection on x = log2 t of a predicate that is false at lo and true at hi (monotone in t);
+// returns the final (lo, hi). Stops at a width of 1e-9 in log2 t, far below one histogram bin.
 template <typename Pred>
 std::pair<double, double> bisect_log2(double lo, double hi, Pred&& pred, int& iterations) {
   while (hi - lo > 1e-9 && iterations < 1000) {
