@@ -1,6 +1,101 @@
-// radio._cuda placeholder: reports the CUDA runtime version until the kernels land.
+// radio._cuda: pybind11 bindings of the pointer-level kernels (no libtorch). python/radio/ops.py
+// passes torch tensors' data_ptr() values, sizes and the current stream's handle as integers.
 #include <cuda_runtime_api.h>
 #include <pybind11/pybind11.h>
+
+#include "ops.hpp"
+
+namespace py = pybind11;
+using radio::cuda::LayerPtrs;
+
+namespace {
+
+LayerPtrs layer_ptrs(std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc,
+                     std::uintptr_t depth, std::uintptr_t unit_offset, std::uintptr_t row_perm,
+                     std::uintptr_t col_perm, std::uintptr_t bias, int n, int k, int gs,
+                     int quantizer) {
+  LayerPtrs l;
+  l.qweight = qweight;
+  l.scale = scale;
+  l.loc = loc;
+  l.depth = depth;
+  l.unit_offset = unit_offset;
+  l.row_perm = row_perm;
+  l.col_perm = col_perm;
+  l.bias = bias;
+  l.n = n;
+  l.k = k;
+  l.gs = gs;
+  l.quantizer = quantizer;
+  return l;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_cuda, m) {
-  m.def("runtime_version", [] { int v = 0; cudaRuntimeGetVersion(&v); return v; });
+  m.doc() = "radio CUDA kernels for the packed format v1 (pointer-level; see python/radio/ops.py)";
+  m.attr("MAX_KERNEL_TOKENS") = radio::cuda::kMaxKernelTokens;
+  m.def("runtime_version", [] {
+    int v = 0;
+    cudaRuntimeGetVersion(&v);
+    return v;
+  });
+  m.def(
+      "qlinear",
+      [](std::uintptr_t x, int dtype, int tokens, std::uintptr_t qweight, std::uintptr_t scale,
+         std::uintptr_t loc, std::uintptr_t depth, std::uintptr_t unit_offset,
+         std::uintptr_t row_perm, std::uintptr_t col_perm, std::uintptr_t bias, std::uintptr_t y,
+         int n, int k, int gs, int quantizer, std::uintptr_t workspace,
+         std::int64_t workspace_bytes, std::uintptr_t stream) {
+        radio::cuda::qlinear(x, dtype, tokens,
+                             layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
+                                        col_perm, bias, n, k, gs, quantizer),
+                             y, workspace, workspace_bytes, stream);
+      },
+      py::arg("x"), py::arg("dtype"), py::arg("tokens"), py::arg("qweight"), py::arg("scale"),
+      py::arg("loc"), py::arg("depth"), py::arg("unit_offset"), py::arg("row_perm"),
+      py::arg("col_perm"), py::arg("bias"), py::arg("y"), py::arg("out_features"),
+      py::arg("in_features"), py::arg("rows_per_group"), py::arg("quantizer"),
+      py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+      "y[tokens, N] = x[tokens, K] @ W.T + bias on the tensor cores (1..64 tokens).");
+  m.def(
+      "dequantize",
+      [](std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc, std::uintptr_t depth,
+         std::uintptr_t unit_offset, std::uintptr_t row_perm, std::uintptr_t col_perm,
+         std::uintptr_t out, int dtype, int n, int k, int gs, int quantizer,
+         std::uintptr_t stream) {
+        radio::cuda::dequantize(layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
+                                           col_perm, 0, n, k, gs, quantizer),
+                                out, dtype, stream);
+      },
+      py::arg("qweight"), py::arg("scale"), py::arg("loc"), py::arg("depth"),
+      py::arg("unit_offset"), py::arg("row_perm"), py::arg("col_perm"), py::arg("out"),
+      py::arg("dtype"), py::arg("out_features"), py::arg("in_features"),
+      py::arg("rows_per_group"), py::arg("quantizer"), py::arg("stream"),
+      "out[N, K] = the layer's weight in original order, in dtype (0 f16, 1 bf16, 2 f32).");
+  m.def("workspace_bytes", &radio::cuda::qlinear_workspace_bytes, py::arg("tokens"),
+        py::arg("out_features"), py::arg("in_features"), py::arg("rows_per_group"),
+        "Workspace bytes qlinear needs (0 when it writes y directly).");
+  m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
+        py::arg("out_features"), py::arg("in_features"),
+        "True when this many tokens take the dequantize + cuBLAS path.");
+  m.def(
+      "config",
+      [](int tokens, int n, int k, int gs) {
+        const auto c = radio::cuda::select_qlinear_config(tokens, n, k, gs,
+                                                          radio::cuda::device_sm_count());
+        py::dict d;
+        d["tok_tiles"] = c.tok_tiles;
+        d["warps"] = c.warps;
+        d["rows_per_block"] = c.rows_per_block;
+        d["slice_units"] = c.slice_units;
+        d["units_per_split"] = c.units_per_split;
+        d["splits"] = c.splits;
+        d["grid"] = py::make_tuple(c.grid_x, c.grid_y);
+        d["smem_bytes"] = c.smem_bytes;
+        d["workspace_bytes"] = c.workspace_bytes;
+        return d;
+      },
+      py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),
+      py::arg("rows_per_group"), "The launch configuration qlinear picks (for notes and tests).");
 }

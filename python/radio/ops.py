@@ -102,6 +102,8 @@ def _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_featu
                              f"rows_per_group={gs}, got {tuple(t.shape)}")
     if qweight.dim() != 1:
         raise ValueError(f"qweight must be 1-D, got shape {tuple(qweight.shape)}")
+    if qweight.numel() >= 2 ** 31:  # unit_offset is int32 (8 GiB of indices per layer at most)
+        raise ValueError(f"qweight has {qweight.numel()} words; at most 2^31 - 1 are supported")
 
 
 def dequantize(qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
@@ -193,7 +195,7 @@ def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_
 @_qlinear_op.register_kernel("cuda")
 def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
       rows_per_group, quantizer, unit_offset=None):
-    if _cuda is None or not hasattr(_cuda, "qlinear"):
+    if not _cuda_ready():
         return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
                                   out_features, in_features, rows_per_group, quantizer)
     if unit_offset is None:
@@ -219,6 +221,11 @@ def _(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features,
     return scale.new_empty(out_features, in_features, dtype=torch.float32)
 
 
+def _cuda_ready() -> bool:
+    """radio._cuda was built with the kernels (not the placeholder module of older builds)."""
+    return _cuda is not None and hasattr(_cuda, "qlinear")
+
+
 _CUDA_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
@@ -229,6 +236,8 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     dev = x.device
+    if m == 0:
+        return x.new_empty(*x.shape[:-1], n)
     tensors = (qweight, scale, loc, depth, row_perm, col_perm, unit_offset) + (
         () if bias is None else (bias,))
     for t in tensors:
@@ -257,6 +266,23 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
                           row_perm.data_ptr(), col_perm.data_ptr(), bias_ptr, y.data_ptr(),
                           n, k, rows_per_group, quantizer, ws.data_ptr(), ws.numel(), stream)
     return y.reshape(*x.shape[:-1], n)
+
+
+@_dequantize_op.register_kernel("cuda")
+def _(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features, rows_per_group,
+      quantizer):
+    if not _cuda_ready():
+        return dequantize(qweight, scale, loc, depth, row_perm, col_perm, out_features,
+                          in_features, rows_per_group, quantizer)
+    dev = qweight.device
+    uoff = unit_offsets(depth, out_features, rows_per_group)
+    out = torch.empty(out_features, in_features, dtype=torch.float32, device=dev)
+    tensors = [t.contiguous() for t in (qweight, scale, loc, depth, uoff, row_perm, col_perm)]
+    with torch.cuda.device(dev):
+        _cuda.dequantize(*(t.data_ptr() for t in tensors), out.data_ptr(),
+                         _CUDA_DTYPE_CODE[torch.float32], out_features, in_features,
+                         rows_per_group, quantizer, torch.cuda.current_stream(dev).cuda_stream)
+    return out
 
 
 def _setup_context(ctx, inputs, output):

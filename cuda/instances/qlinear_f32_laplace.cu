@@ -1,0 +1,7 @@
+// Kernel instances for float activations, laplace quantizer (one translation unit each, built in
+// parallel; the list of instances follows launch.cuh RADIO_INSTANTIATE_KERNELS).
+#include "../launch.cuh"
+
+namespace radio::cuda {
+RADIO_INSTANTIATE_KERNELS(float, Quant::kLaplace)
+}  // namespace radio::cuda

@@ -1,0 +1,54 @@
+// Pointer-level entry points of radio._cuda (bound in module.cpp, called by python/radio/ops.py).
+// Pointers and the stream are passed as integers; every size is checked here and bad values raise
+// radio::Error (ValueError in Python). CUDA failures raise std::runtime_error (RuntimeError).
+#pragma once
+
+#include <cstdint>
+
+namespace radio::cuda {
+
+constexpr int kMaxKernelTokens = 64;  // the tensor-core kernel handles 1..64 tokens
+
+struct QlinearConfig {
+  int tok_tiles = 1;        // token tiles of 8 (template parameter): 1, 2, 4 or 8
+  int warps = 16;           // warps per block; one per 16 rows
+  int rows_per_block = 256;
+  int row_blocks_per_chunk = 1;
+  int slice_units = 32;     // units staged in shared memory at a time
+  int units_per_split = 0;  // units per block (the K split)
+  int splits = 1;
+  int grid_x = 0, grid_y = 0;
+  int smem_bytes = 0;
+  std::int64_t workspace_bytes = 0;  // f32 partials + counters; 0 with one split
+  std::int64_t counters_offset = 0;  // byte offset of the counters inside the workspace
+};
+
+struct DequantConfig {
+  int rows_per_block = 256, row_blocks_per_chunk = 1, units_per_split = 0, splits = 1;
+  int grid_x = 0, grid_y = 0;
+};
+
+// select_config.cu: the single heuristic. Everything that depends on the sizes is decided here.
+QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count);
+DequantConfig select_dequant_config(int n, int k, int gs, int sm_count);
+bool use_dequant_gemm(int m, int n, int k);
+int device_sm_count();
+
+
+struct LayerPtrs {
+  std::uintptr_t qweight = 0, scale = 0, loc = 0, depth = 0, unit_offset = 0, row_perm = 0,
+                 col_perm = 0, bias = 0;  // bias may be 0
+  int n = 0, k = 0, gs = 0, quantizer = 0;
+};
+
+// y[m, n] = x[m, k] @ W.T + bias for 1..64 tokens; x and y in `dtype` (0 f16, 1 bf16, 2 f32).
+void qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+             std::uintptr_t workspace, std::int64_t workspace_bytes, std::uintptr_t stream);
+
+// out[n, k] = W in original order, in `dtype`.
+void dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype, std::uintptr_t stream);
+
+// Bytes of workspace qlinear needs for these sizes (0 when it needs none).
+std::int64_t qlinear_workspace_bytes(int m, int n, int k, int gs);
+
+}  // namespace radio::cuda
