@@ -87,24 +87,32 @@ class LayerStatistics:
         return np.repeat(rows * UNIT, geo.units)
 
 
-def statistics_from_groups(weight: torch.Tensor, row_perm: torch.Tensor,
-                           group_g2: torch.Tensor, rows_per_group: int, has_bias: bool = True,
-                           location: Optional[torch.Tensor] = None,
-                           spread: Optional[torch.Tensor] = None) -> LayerStatistics:
-    """``LayerStatistics`` from per-group sensitivities measured under ``row_perm`` (the
-    pipeline's path; ``layer_statistics`` is the checked public entry)."""
-    n, k = weight.shape
-    row_perm = row_perm.to(weight.device, torch.int64)
-    if location is None or spread is None:
-        location, spread = grouping.group_spread(weight, row_perm, rows_per_group)
-    g2 = group_g2.to(weight.device, torch.float32)
+def statistics_batch(weights: torch.Tensor, row_perm: torch.Tensor, group_g2: torch.Tensor,
+                     rows_per_group: int, has_bias: bool = True) -> List[LayerStatistics]:
+    """``LayerStatistics`` of a stack of layers of one shape (the pipeline's path):
+    weights [L, N, K], ``row_perm`` [L, N] the grouping ``group_g2`` [L, C, K] (per-group mean
+    squared gradients) was measured under. Returns one entry per layer (views of stacked
+    tensors)."""
+    stack, n, k = weights.shape
+    row_perm = row_perm.to(weights.device, torch.int64)
+    location, spread = grouping.group_spread(weights, row_perm, rows_per_group)
+    g2 = group_g2.to(weights.device, torch.float32)
     col_perm = grouping.column_order(grouping.group_log2_score(g2, spread.square()))
-    chunk_rows = grouping.rows_per_chunk(n, rows_per_group, weight.device)
+    chunk_rows = grouping.rows_per_chunk(n, rows_per_group, weights.device)
     dist = g2.to(torch.float64) * spread.to(torch.float64).square()
     coef = grouping.unit_coefficients(dist, col_perm, chunk_rows)
-    return LayerStatistics(out_features=n, in_features=k, rows_per_group=rows_per_group,
-                           row_perm=row_perm, col_perm=col_perm, location=location,
-                           spread=spread, sensitivity=g2, unit_coef=coef, has_bias=has_bias)
+    return [LayerStatistics(out_features=n, in_features=k, rows_per_group=rows_per_group,
+                            row_perm=row_perm[i], col_perm=col_perm[i], location=location[i],
+                            spread=spread[i], sensitivity=g2[i], unit_coef=coef[i],
+                            has_bias=has_bias) for i in range(stack)]
+
+
+def statistics_from_groups(weight: torch.Tensor, row_perm: torch.Tensor,
+                           group_g2: torch.Tensor, rows_per_group: int,
+                           has_bias: bool = True) -> LayerStatistics:
+    """``statistics_batch`` for one layer: weight [N, K], row_perm [N], group_g2 [C, K]."""
+    return statistics_batch(weight[None], row_perm[None], group_g2[None], rows_per_group,
+                            has_bias)[0]
 
 
 def layer_statistics(weight: torch.Tensor, sensitivity: Optional[torch.Tensor] = None, *,
@@ -155,7 +163,7 @@ def layer_statistics(weight: torch.Tensor, sensitivity: Optional[torch.Tensor] =
             if row_perm is None:
                 row_perm = grouping.row_order(grouping.row_log2_variance(weight), sens.mean(1))
             rows = grouping.rows_per_chunk(n, gs, weight.device).to(torch.float32)
-            group_g2 = grouping.chunk_one_hot(row_perm, gs, chunks) @ sens / rows[:, None]
+            group_g2 = grouping.chunk_one_hot(row_perm[None], gs, chunks)[0] @ sens / rows[:, None]
         elif sens.shape == (chunks, k) and chunks != n:
             if row_perm is None:
                 raise ValueError("per-group sensitivity [C, K] needs the row_perm it was "
@@ -224,9 +232,11 @@ def allocate(stats: Sequence[LayerStatistics], *, bits: Optional[float] = None,
     total_weights = sum(s.out_features * s.in_features for s in stats)
     side_bits = float(sum(8 * s.side_bytes() for s in stats))
     side_bpw = side_bits / total_weights
-    coef = np.concatenate([s.unit_coef.detach().cpu().numpy().reshape(-1) for s in stats])
+    # One device-to-host transfer for all layers, not one (and one sync) per layer.
+    device = stats[0].unit_coef.device
+    coef = torch.cat([s.unit_coef.detach().to(device, torch.float64).reshape(-1)
+                      for s in stats]).cpu().numpy()
     weight = np.concatenate([s.unit_weights() for s in stats])
-    coef = np.ascontiguousarray(coef, dtype=np.float64)
     kwargs = dict(side_bits=side_bits, total_weights=float(total_weights), rounding=rounding,
                   max_depth=int(max_depth))
     if bits is not None:
@@ -365,10 +375,13 @@ def quantize_weight(weight: torch.Tensor, depth: Optional[torch.Tensor] = None, 
 
 def packed_layer(geo: LayerGeometry, quantizer: str, row_perm: torch.Tensor,
                  col_perm: torch.Tensor, depth: torch.Tensor,
-                 q: "torch_quant.LayerQuantization", bias: Optional[torch.Tensor]) -> PackedLayer:
-    """Assemble a ``PackedLayer`` (bit packing on the CPU by ``radio._core.pack``)."""
+                 q: "torch_quant.LayerQuantization", bias: Optional[torch.Tensor],
+                 qweight: Optional[torch.Tensor] = None) -> PackedLayer:
+    """Assemble a ``PackedLayer`` on ``q``'s device (bit packing on the CPU by
+    ``radio._core.pack`` unless the packed ``qweight`` is given)."""
     device = q.scale.device
-    qweight = pack(q.indices, depth, geo.rows_per_group)
+    if qweight is None:
+        qweight = pack(q.indices, depth, geo.rows_per_group)
     return PackedLayer(
         out_features=geo.out_features, in_features=geo.in_features,
         rows_per_group=geo.rows_per_group, quantizer=quantizer,

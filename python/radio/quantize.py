@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -272,10 +274,12 @@ class _Session:
             _set_submodule(self.model, name, probe)
         self._installed = True
 
-    def enable_checkpointing(self, blocks: Optional[nn.ModuleList]) -> None:
+    def enable_checkpointing(self, blocks: Optional[nn.ModuleList], count: int) -> None:
+        """Recompute the first ``count`` decoder blocks in the backward pass (the others keep
+        their activations: only as much recomputation as the memory budget needs)."""
         if blocks is None:
             return
-        for block in blocks:
+        for block in list(blocks)[:count]:
             block.forward = functools.partial(_checkpointed, block.forward)
             self._patched_blocks.append(block)
 
@@ -342,67 +346,152 @@ class _Session:
                 state.collect = False
                 state.passes += tokens.shape[0]
 
-    def plan(self, target: dict) -> layer.Allocation:
-        """Regroup every layer with its current statistics, then allocate over all layers."""
-        cfg = self.config
+    # -- per-round work, batched over layers of one shape -----------------------------------
+    def layer_batches(self, max_elements: int = 1 << 26) -> List[List[sensitivity.LayerState]]:
+        """The layers in batches of one shape (and bias flag), each at most ``max_elements``
+        weights (at least one layer): the per-round work runs as a few large kernels per batch
+        instead of dozens of small ones per layer."""
+        groups: Dict[tuple, List[sensitivity.LayerState]] = {}
         for state in self.states:
-            gs = state.rows_per_group
-            new_perm = grouping.row_order(state.row_log2_var, state.row_g2())
-            state.g2_sum = grouping.remap_group_sums(state.g2_sum, state.row_perm, new_perm,
-                                                     state.row_g2_sum, gs)
-            state.row_perm = new_perm
-            w = state.original.to(self.device, non_blocking=True).to(torch.float32)
-            state.stats = layer.statistics_from_groups(w, new_perm, state.group_g2(), gs,
-                                                       state.has_bias)
-        return layer.allocate([s.stats for s in self.states], rounding=cfg.rounding,
-                              max_depth=cfg.max_depth, **target)
+            key = (state.out_features, state.in_features, state.rows_per_group, state.has_bias)
+            groups.setdefault(key, []).append(state)
+        batches = []
+        for (n, k, _, _), states in groups.items():
+            take = max(1, max_elements // (n * k))
+            batches.extend(states[i:i + take] for i in range(0, len(states), take))
+        return batches
+
+    def _load(self, batch, stream):
+        """Start copying a batch's original weights to the device (on ``stream``)."""
+        if stream is None:
+            return [s.original.to(self.device) for s in batch], None
+        with torch.cuda.stream(stream):
+            parts = [s.original.to(self.device, non_blocking=True) for s in batch]
+            event = torch.cuda.Event()
+            event.record(stream)
+        return parts, event
+
+    def originals(self, batches):
+        """Yield ``(batch, float32 [L, N, K] original weights on the device)``. Offloaded
+        originals come from pinned memory on a side stream, the next batch's copy overlapping
+        this batch's work."""
+        offloaded = self.states[0].original.device != self.device
+        stream = torch.cuda.Stream(self.device) if offloaded and self.device.type == "cuda" \
+            else None
+        pending = self._load(batches[0], stream) if batches else None
+        for i, batch in enumerate(batches):
+            parts, event = pending
+            if i + 1 < len(batches):
+                pending = self._load(batches[i + 1], stream)
+            if event is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(event)
+                for part in parts:  # allocated on the side stream, used on this one
+                    part.record_stream(current)
+            n, k = parts[0].shape
+            stacked = torch.empty(len(parts), n, k, dtype=torch.float32, device=self.device)
+            for j, part in enumerate(parts):
+                stacked[j].copy_(part)
+            del parts
+            yield batch, stacked
+
+    def plan(self, target: dict, batches) -> Tuple[layer.Allocation, float]:
+        """Regroup every layer with its current statistics, then allocate over all layers.
+        Returns the allocation and the seconds the solver took."""
+        cfg = self.config
+        for batch, weights in self.originals(batches):
+            gs = batch[0].rows_per_group
+            row_g2_sum = torch.stack([s.row_g2_sum for s in batch])
+            new_perm = grouping.row_order(torch.stack([s.row_log2_var for s in batch]),
+                                          row_g2_sum)
+            g2_sum = grouping.remap_group_sums(torch.stack([s.g2_sum for s in batch]),
+                                               torch.stack([s.row_perm for s in batch]),
+                                               new_perm, row_g2_sum, gs)
+            rows = grouping.rows_per_chunk(batch[0].out_features, gs, self.device)
+            group_g2 = g2_sum / rows[None, :, None].to(torch.float32)
+            stats = layer.statistics_batch(weights, new_perm, group_g2, gs, batch[0].has_bias)
+            for i, state in enumerate(batch):
+                state.g2_sum, state.row_perm, state.stats = g2_sum[i], new_perm[i], stats[i]
+        t = time.perf_counter()
+        alloc = layer.allocate([s.stats for s in self.states], rounding=cfg.rounding,
+                               max_depth=cfg.max_depth, **target)
+        return alloc, time.perf_counter() - t
 
     @torch.no_grad()
-    def requantize(self, alloc: layer.Allocation, refine: bool, final: bool
+    def requantize(self, alloc: layer.Allocation, batches, refine: bool, final: bool
                    ) -> Dict[str, PackedLayer]:
         """Quantize every layer from its original weight at the allocated depths; update the
-        working weights and biases; pack when ``final``."""
+        working weights and biases; pack when ``final`` (bit packing runs on CPU threads while
+        the GPU quantizes the next batch)."""
         cfg = self.config
-        packed = {}
-        states = self.states
-        if final:
-            states = tqdm(states, desc="radio: final quantization", unit="layer",
-                          disable=not self.progress, leave=False)
-        for state, depth in zip(states, alloc.depths):
-            st = state.stats
-            w = state.original.to(self.device, non_blocking=True).to(torch.float32)
-            depth = depth.to(self.device)
-            laplace = cfg.quantizer == "laplace"
-            q = torch_quant.quantize_layer(
-                w, st.row_perm, st.col_perm, depth, st.rows_per_group, cfg.quantizer, refine,
-                cfg.symmetric, mu0=st.location if laplace else None,
-                spread=st.spread if laplace else None, need_indices=final)
-            state.weight.copy_(q.w_hat.to(state.weight.dtype))
-            bias = None
-            if state.has_bias:
-                bias = torch.zeros(w.shape[0], device=self.device) if state.original_bias is None \
-                    else state.original_bias.to(self.device)
-                if cfg.bias_correction:
-                    bias = bias - (q.w_hat - w) @ state.x_mean().to(self.device)
-                state.bias.copy_(bias.to(state.bias.dtype))
-            state.depth = depth
-            if final:
+        depth_of = {state.name: d for state, d in zip(self.states, alloc.depths)}
+        laplace = cfg.quantizer == "laplace"
+        jobs = {}
+        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if final else None
+        bar = tqdm(total=len(self.states), desc="radio: final quantization", unit="layer",
+                   disable=not (self.progress and final), leave=False)
+        try:
+            for batch, weights in self.originals(batches):
+                st = [s.stats for s in batch]
+                depth = torch.stack([depth_of[s.name] for s in batch]).to(self.device)
+                q = torch_quant.quantize_layers(
+                    weights, torch.stack([x.row_perm for x in st]),
+                    torch.stack([x.col_perm for x in st]), depth, batch[0].rows_per_group,
+                    cfg.quantizer, refine, cfg.symmetric,
+                    mu0=torch.stack([x.location for x in st]) if laplace else None,
+                    spread=torch.stack([x.spread for x in st]) if laplace else None,
+                    need_indices=final)
+                biases = None
+                if batch[0].has_bias:
+                    biases = torch.stack([
+                        torch.zeros(weights.shape[1], device=self.device)
+                        if s.original_bias is None else s.original_bias.to(self.device)
+                        for s in batch])
+                    if cfg.bias_correction:
+                        x_mean = torch.stack([s.x_mean().to(self.device) for s in batch])
+                        biases = biases - torch.bmm(q.w_hat - weights, x_mean[:, :, None])[..., 0]
+                for i, state in enumerate(batch):
+                    state.weight.copy_(q.w_hat[i])
+                    if biases is not None:
+                        state.bias.copy_(biases[i])
+                    state.depth = depth[i]
+                    if final:
+                        indices = q.indices[i].cpu()
+                        jobs[state.name] = (pool.submit(layer.pack, indices, depth[i],
+                                                        state.rows_per_group),
+                                            q.layer(i), None if biases is None else biases[i])
+                del weights, q
+                bar.update(len(batch))
+            packed = {}
+            for state in self.states if final else []:
+                future, qi, bias = jobs.pop(state.name)
+                st = state.stats
                 packed[state.name] = layer.packed_layer(
-                    st.geometry, cfg.quantizer, st.row_perm, st.col_perm, depth, q, bias)
+                    st.geometry, cfg.quantizer, st.row_perm, st.col_perm, state.depth, qi, bias,
+                    qweight=future.result())
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(wait=True)
         return packed
 
     def finish(self, packed: Dict[str, PackedLayer]) -> None:
         """Swap the probes for RadioLinear modules holding the packed layers."""
         from .nn import RadioLinear
 
+        # Build every module first: if one fails, restore() still finds the model intact.
+        modules = {state.name: RadioLinear.from_packed(packed[state.name],
+                                                       dtype=state.weight.dtype)
+                   for state in self.states}
         self._unpatch_blocks()
-        for state in self.states:
-            dtype = state.weight.dtype
-            module = RadioLinear.from_packed(packed[state.name], dtype=dtype)
-            _set_submodule(self.model, state.name, module)
-            # Drop what the session held: originals (maybe pinned CPU memory), working copies.
-            state.original = state.weight = state.stats = None
         self._finish_model()
+        self._saved_requires_grad = []
+        for state in self.states:
+            _set_submodule(self.model, state.name, modules.pop(state.name))
+            # Drop what the session held (originals in pinned CPU memory, the full-precision
+            # module), so that its memory is freed layer by layer.
+            state.original = state.weight = state.stats = state.module = None
+            self.probes.pop(state.name, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,34 +499,43 @@ class _Session:
 # ----------------------------------------------------------------------------------------------
 
 def _plan_memory(config: QuantConfig, targets, blocks: Optional[nn.ModuleList], seq_len: int,
-                 device: torch.device, dtype: torch.dtype) -> Tuple[bool, int]:
-    """(checkpointing, micro_batch). The saved activations of one token are estimated from the
-    linear layers' widths (inputs and outputs are what autograd keeps, with norms and attention
-    adding about half as much again)."""
+                 device: torch.device, dtype: torch.dtype) -> Tuple[int, int]:
+    """(decoder blocks to checkpoint, sequences per forward/backward pass).
+
+    The activations autograd keeps for one token are estimated from the linear layers' widths
+    (their inputs and outputs, with norms, rotary embeddings and attention adding about half as
+    much again). Without a GPU there is no budget: no checkpointing unless asked for, and
+    micro-batches of about 2048 tokens. On a GPU the largest micro-batch that fits
+    ``activation_budget_gb`` is used; when not even one sequence fits, the first blocks are
+    recomputed in the backward pass (checkpointed), as few as the budget needs.
+    """
     per_round = config.sequences_per_round
+    n_blocks = len(blocks) if blocks is not None else 0
     if config.estimator == "per_token":
-        micro = 1
+        micro = 1  # one backward pass per token anyway: batching sequences only adds work
     elif config.micro_batch is not None:
         micro = min(config.micro_batch, per_round)
     else:
         micro = None
     if device.type != "cuda":
-        ckpt = bool(config.checkpointing)
-        if micro is None:
-            micro = max(1, min(per_round, 2048 // seq_len))
-        return ckpt, micro
+        return (n_blocks if config.checkpointing else 0,
+                micro or max(1, min(per_round, 2048 // seq_len)))
     elem = torch.finfo(dtype).bits // 8
     widths = sum(m.in_features + m.out_features for _, m in targets)
     per_seq = 1.5 * elem * widths * seq_len
     budget = config.activation_budget_gb * (1 << 30)
-    ckpt = config.checkpointing if config.checkpointing is not None else per_seq > budget
-    if ckpt and blocks is not None and len(blocks) > 0:
-        # Block inputs are kept; one block's activations are rebuilt at a time.
-        hidden = max(m.in_features for _, m in targets)
-        per_seq = elem * seq_len * (2 * hidden * len(blocks)) + per_seq / len(blocks)
     if micro is None:
         micro = int(max(1, min(per_round, budget // max(per_seq, 1))))
-    return ckpt, micro
+    if config.checkpointing is not None:
+        return (n_blocks if config.checkpointing else 0), micro
+    need = per_seq * micro
+    if need <= budget or n_blocks == 0:
+        return 0, micro
+    # A checkpointed block keeps only its input ([T, hidden] per sequence) instead of all its
+    # activations.
+    hidden = max(m.in_features for _, m in targets)
+    saved_per_block = max((per_seq / n_blocks - elem * seq_len * hidden) * micro, 1.0)
+    return min(n_blocks, math.ceil((need - budget) / saved_per_block)), micro
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -529,7 +627,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
     found = find_decoder_blocks(model)
     blocks = found[1] if found is not None else None
     dtype = targets[0][1].weight.dtype
-    ckpt, micro = _plan_memory(config, targets, blocks, seq_len, device, dtype)
+    ckpt_blocks, micro = _plan_memory(config, targets, blocks, seq_len, device, dtype)
     total_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
     offload = config.offload_originals if config.offload_originals is not None else (
         device.type == "cuda" and total_bytes > _OFFLOAD_BYTES)
@@ -542,13 +640,13 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         t = time.perf_counter()
         directions = session.output_directions(calib_set, output_fn, micro)
         seconds["output directions"] = time.perf_counter() - t
-        if ckpt:
-            session.enable_checkpointing(blocks)
+        session.enable_checkpointing(blocks, ckpt_blocks)
+        batches = session.layer_batches()
         generator = torch.Generator().manual_seed(config.seed)
         n_dir = directions.shape[0]
         seq_counter = 0
         t_rounds = time.perf_counter()
-        t_backprop = t_plan = t_quant = 0.0
+        t_backprop = t_plan = t_solver = t_quant = 0.0
         bar = tqdm(total=config.rounds * config.sequences_per_round,
                    desc="radio: calibration rounds", unit="seq", disable=not progress)
         alloc = None
@@ -566,12 +664,13 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                 done += b
                 bar.update(b)
             t1 = time.perf_counter()
-            alloc = session.plan(target)
+            alloc, solver_seconds = session.plan(target, batches)
             t2 = time.perf_counter()
+            t_solver += solver_seconds
             final = r == config.rounds - 1
             refine = config.refine and (final or (config.refine_every > 0 and
                                                   (r + 1) % config.refine_every == 0))
-            packed = session.requantize(alloc, refine=refine, final=final)
+            packed = session.requantize(alloc, batches, refine=refine, final=final)
             t3 = time.perf_counter()
             t_backprop, t_plan, t_quant = t_backprop + t1 - t0, t_plan + t2 - t1, t_quant + t3 - t2
             history.append({"round": r + 1, "log2_V": float(alloc.report.get("log2_V", math.nan)),
@@ -582,7 +681,8 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                             D=f"{alloc.relative_distortion:.3g}")
         bar.close()
         seconds["backprop"] = t_backprop
-        seconds["allocation"] = t_plan
+        seconds["statistics"] = t_plan - t_solver
+        seconds["solver"] = t_solver
         seconds["quantization"] = t_quant
         session.finish(packed)
     except BaseException:
@@ -590,7 +690,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         raise
     seconds["total"] = time.perf_counter() - start
     settings = config.to_dict()
-    settings.update(seq_len=seq_len, micro_batch=micro, checkpointing=ckpt,
+    settings.update(seq_len=seq_len, micro_batch=micro, checkpointed_blocks=ckpt_blocks,
                     offload_originals=offload, output_directions=int(directions.shape[0]))
     report = QuantReport.build(
         packed, target=target_text, predicted_distortion=alloc.relative_distortion,

@@ -106,10 +106,14 @@ class LayerState:
             delta, inputs = delta.float(), inputs.float()
         delta = delta.to(inputs.dtype)
         # Rows in chunk order, so that groups are contiguous blocks: grad^T x with permuted rows.
-        grad = (delta[:, self.row_perm].t() @ inputs).float().square_()  # [N, K] permuted rows
-        self.row_g2_sum[self.row_perm] += grad.sum(dim=1, dtype=torch.float64)
-        for c0, chunks, _, block in grouping.chunk_blocks(grad, self.rows_per_group):
-            self.g2_sum[c0:c0 + chunks] += block.sum(dim=1)
+        grad = delta[:, self.row_perm].t() @ inputs  # [N, K], permuted rows, input dtype
+        # Sums of squares as single-pass norms (read once, accumulated in float32): the weight
+        # gradient is the largest tensor here and is never squared into a float32 copy.
+        row_norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float32)
+        self.row_g2_sum[self.row_perm] += row_norm.to(torch.float64).square_()
+        for c0, chunks, _, block in grouping.chunk_blocks(grad[None], self.rows_per_group):
+            norm = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
+            self.g2_sum[c0:c0 + chunks] += norm.square_()
 
 
 class _ProbeFunction(torch.autograd.Function):

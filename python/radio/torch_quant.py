@@ -5,11 +5,11 @@ re-quantization of a 7B model must not loop over groups in Python. The reference
 ``radio._core.quantize_layer``; tests/python/test_torch_quant.py holds the two equal on random
 layers (same scales, locations and indices).
 
-Shapes. A layer ``W [N, K]`` is viewed through its row permutation as chunks of ``gs`` rows
-(``grouping.chunk_blocks``): a block ``[C', R, K]`` holds ``C'`` chunks of ``R`` rows each (all
-chunks but possibly the last have ``R = gs``). A *group* is one column of one chunk, so per-group
-values are ``[C', K]`` (indexed by the ORIGINAL column) and per-group depths come as
-``depth_cols [C', K]`` (``grouping.depth_per_column``).
+Shapes. Layers of one shape are processed as a stack ``W [L, N, K]``. Through the row
+permutations, their chunks of ``gs`` rows form blocks ``[B, R, K]`` (``grouping.chunk_blocks``):
+``B`` chunks of ``R`` rows each (all chunks but possibly each layer's last have ``R = gs``). A
+*group* is one column of one chunk, so per-group values are ``[B, K]`` (indexed by the ORIGINAL
+column) and per-group depths come as ``depth_cols [B, K]`` (``grouping.depth_per_column``).
 """
 from __future__ import annotations
 
@@ -78,20 +78,20 @@ def to_half(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 def lower_median(block: torch.Tensor) -> torch.Tensor:
-    """[C', R, K] -> [C', K]: the median over rows, the lower one for even R."""
+    """[B, R, K] -> [B, K]: the median over rows, the lower one for even R."""
     # torch.median returns the lower of the two middle values, as docs/format.md asks.
     return block.median(dim=1).values
 
 
 def rms_about(block: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
-    """[C', R, K], [C', K] -> [C', K]: sqrt(mean((w - location)^2)) over rows, in float64 and
+    """[B, R, K], [B, K] -> [B, K]: sqrt(mean((w - location)^2)) over rows, in float64 and
     rounded once to float32 (as the C++ twin does, so that both see the same spread)."""
     dev = block.to(torch.float64) - location.to(torch.float64)[:, None, :]
     return dev.square_().mean(dim=1).sqrt_().to(torch.float32)
 
 
 def base_location(block: torch.Tensor, quantizer: str, symmetric: bool) -> torch.Tensor:
-    """mu0 of every group of ``block`` [C', R, K] -> [C', K] (docs/format.md "Encoding")."""
+    """mu0 of every group of ``block`` [B, R, K] -> [B, K] (docs/format.md "Encoding")."""
     if quantizer == "laplace":
         return lower_median(block)
     if symmetric:
@@ -101,7 +101,7 @@ def base_location(block: torch.Tensor, quantizer: str, symmetric: bool) -> torch
 
 def base_scale(block: torch.Tensor, spread: torch.Tensor, depth_cols: torch.Tensor,
                quantizer: str, symmetric: bool) -> torch.Tensor:
-    """s0 of every group -> [C', K]; 0 where the depth is 0."""
+    """s0 of every group -> [B, K]; 0 where the depth is 0."""
     if quantizer == "laplace":
         # Laplace of standard deviation 3S: the Panter-Dite compander for a Laplace source.
         s0 = spread * _LAPLACE_SCALE.to(spread.device)
@@ -120,8 +120,8 @@ def base_scale(block: torch.Tensor, spread: torch.Tensor, depth_cols: torch.Tens
 
 def encode(block: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor,
            quantizer: str) -> torch.Tensor:
-    """Indices of ``block`` [C', R, K] given per-group ``loc``, ``scale`` (float32 values of the
-    stored f16) and ``levels`` = 2**B (float32), all [C', K]. Returns float32 [C', R, K] holding
+    """Indices of ``block`` [B, R, K] given per-group ``loc``, ``scale`` (float32 values of the
+    stored f16) and ``levels`` = 2**depth (float32), all [B, K]. Returns float32 [B, R, K] holding
     integers in ``0 .. levels-1``; 0 wherever the scale is 0."""
     loc3, scale3, levels3 = loc[:, None, :], scale[:, None, :], levels[:, None, :]
     z = (block - loc3) / scale3
@@ -137,7 +137,7 @@ def encode(block: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, levels: 
 
 def decode(q: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, depth_cols: torch.Tensor,
            table: torch.Tensor) -> torch.Tensor:
-    """``loc + scale * T_B[q]`` -> float32 [C', R, K]; ``table`` from ``lut``."""
+    """``loc + scale * T_B[q]`` -> float32 [B, R, K]; ``table`` from ``lut``."""
     index = q.to(torch.int64) + (1 << depth_cols.to(torch.int64))[:, None, :]
     return loc[:, None, :] + scale[:, None, :] * table[index]
 
@@ -152,7 +152,7 @@ def refine(block: torch.Tensor, mu0: torch.Tensor, s0: torch.Tensor, spread: tor
            depth_cols: torch.Tensor, quantizer: str, symmetric: bool):
     """The per-group search of docs/format.md: best ``s = s0 * 2**m``, then best
     ``mu = mu0 + beta * S * 2**m``; ties keep the earlier candidate. Returns (loc, scale) as
-    float32 values of f16 numbers, [C', K]."""
+    float32 values of f16 numbers, [B, K]."""
     table = lut(quantizer, block.device)
     levels = torch.pow(2.0, depth_cols.to(torch.float32))
     loc = to_half(mu0)
@@ -186,21 +186,21 @@ def refine(block: torch.Tensor, mu0: torch.Tensor, s0: torch.Tensor, spread: tor
 
 @dataclasses.dataclass
 class BlockResult:
-    """Quantization of one block of chunks [C', R, K]."""
+    """Quantization of one block of chunks [B, R, K]."""
 
-    loc: torch.Tensor  # float32 [C', K], values of f16 numbers
-    scale: torch.Tensor  # float32 [C', K], values of f16 numbers
-    q: torch.Tensor  # uint8 [C', R, K]
-    w_hat: torch.Tensor  # float32 [C', R, K]
+    loc: torch.Tensor  # float32 [B, K], values of f16 numbers
+    scale: torch.Tensor  # float32 [B, K], values of f16 numbers
+    q: torch.Tensor  # uint8 [B, R, K]
+    w_hat: torch.Tensor  # float32 [B, R, K]
 
 
 def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str = "laplace",
                    refine_groups: bool = True, symmetric: bool = False,
                    mu0: Optional[torch.Tensor] = None,
                    spread: Optional[torch.Tensor] = None) -> BlockResult:
-    """Quantize every group of ``block`` (float32 [C', R, K]) at ``depth_cols`` ([C', K], 0..8).
+    """Quantize every group of ``block`` (float32 [B, R, K]) at ``depth_cols`` ([B, K], 0..8).
 
-    ``mu0`` and ``spread`` (the group location and its RMS spread, [C', K]) may be passed when
+    ``mu0`` and ``spread`` (the group location and its RMS spread, [B, K]) may be passed when
     already computed (the pipeline computes them for the bit allocation).
     """
     block = block.to(torch.float32)
@@ -236,18 +236,69 @@ def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str
 
 @dataclasses.dataclass
 class LayerQuantization:
-    """A quantized layer as the format stores it, plus its dequantized weight.
+    """Quantized layers (a stack of ``L`` of one shape) as the format stores them, plus their
+    dequantized weights.
 
-    scale, loc: float16 [C, Kp] in chunk-position order (0 at padding positions).
-    indices:    uint8 [N, Kp], permuted rows, chunk-position order (0 at padding) — the input of
-                ``radio._core.pack``.
-    w_hat:      float32 [N, K] in the ORIGINAL row and column order.
+    scale, loc: float16 [L, C, Kp] in chunk-position order (0 at padding positions).
+    indices:    uint8 [L, N, Kp], permuted rows, chunk-position order (0 at padding) — the
+                input of ``radio._core.pack``; None unless asked for.
+    w_hat:      float32 [L, N, K] in the ORIGINAL row and column order.
     """
 
     scale: torch.Tensor
     loc: torch.Tensor
-    indices: torch.Tensor
+    indices: Optional[torch.Tensor]
     w_hat: torch.Tensor
+
+    def layer(self, i: int) -> "LayerQuantization":
+        return LayerQuantization(self.scale[i], self.loc[i],
+                                 None if self.indices is None else self.indices[i],
+                                 self.w_hat[i])
+
+
+def quantize_layers(weights: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
+                    depth: torch.Tensor, rows_per_group: int, quantizer: str = "laplace",
+                    refine_groups: bool = True, symmetric: bool = False,
+                    mu0: Optional[torch.Tensor] = None, spread: Optional[torch.Tensor] = None,
+                    need_indices: bool = True) -> LayerQuantization:
+    """Quantize a stack of ``L`` layers of one shape (the pipeline's path).
+
+    weights float [L, N, K]; row_perm int [L, N]; col_perm int [L, C, Kp] (sentinel K at
+    padding); depth uint8 [L, C, U]; ``mu0``/``spread`` optional precomputed [L, C, K] group
+    medians and spreads under ``row_perm`` (laplace only). All on one device; the work stays
+    there, as a few large kernels for the whole stack.
+    """
+    stack, n, k = weights.shape
+    device = weights.device
+    row_perm = row_perm.to(device=device, dtype=torch.int64)
+    col_perm = col_perm.to(device=device, dtype=torch.int64)
+    depth_cols = grouping.depth_per_column(depth.to(device), col_perm, k)  # [L, C, K]
+    w_perm = grouping.permute_rows(weights.to(torch.float32), row_perm)
+    locs, scales, qs, w_hats = [], [], [], []
+    for c0, chunks, rows, block in grouping.chunk_blocks(w_perm, rows_per_group):
+        cs = slice(c0, c0 + chunks)
+
+        def flat(x):  # [L, C, K] -> this block's [L * chunks, K]
+            return None if x is None else x[:, cs].reshape(stack * chunks, k)
+
+        res = quantize_block(block, flat(depth_cols), quantizer, refine_groups, symmetric,
+                             flat(mu0), flat(spread))
+        locs.append(res.loc)
+        scales.append(res.scale)
+        w_hats.append(res.w_hat.reshape(stack, chunks * rows, k))
+        if need_indices:
+            qs.append(res.q.reshape(stack, chunks * rows, k))
+    loc, scale = grouping.merge_chunks(locs, stack), grouping.merge_chunks(scales, stack)
+    w_hat_perm = torch.cat(w_hats, dim=1)
+    w_hat = torch.empty_like(w_hat_perm)
+    w_hat.scatter_(1, row_perm[:, :, None].expand(-1, -1, k), w_hat_perm)  # un-permute rows
+    indices = None
+    if need_indices:
+        indices = grouping.columns_to_positions(torch.cat(qs, dim=1), col_perm, rows_per_group)
+    return LayerQuantization(
+        scale=grouping.columns_to_positions(scale, col_perm, 1).to(torch.float16),
+        loc=grouping.columns_to_positions(loc, col_perm, 1).to(torch.float16),
+        indices=indices, w_hat=w_hat)
 
 
 def quantize_layer(weight: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
@@ -255,38 +306,18 @@ def quantize_layer(weight: torch.Tensor, row_perm: torch.Tensor, col_perm: torch
                    refine_groups: bool = True, symmetric: bool = False,
                    mu0: Optional[torch.Tensor] = None, spread: Optional[torch.Tensor] = None,
                    need_indices: bool = True) -> LayerQuantization:
-    """Torch twin of ``radio._core.quantize_layer`` (docs/design.md).
+    """Torch twin of ``radio._core.quantize_layer`` (docs/design.md) for one layer.
 
     weight float [N, K]; row_perm int [N]; col_perm int [C, Kp] (sentinel K at padding); depth
-    uint8 [C, U]; ``mu0``/``spread`` optional precomputed [C, K] group locations and spreads
-    under this ``row_perm``. All on one device; the work stays there.
+    uint8 [C, U]; ``mu0``/``spread`` optional [C, K]. Returns scale/loc [C, Kp], indices
+    [N, Kp], w_hat [N, K].
     """
-    n, k = weight.shape
-    row_perm = row_perm.to(device=weight.device, dtype=torch.int64)
-    col_perm = col_perm.to(device=weight.device, dtype=torch.int64)
-    depth_cols = grouping.depth_per_column(depth.to(weight.device), col_perm, k)
-    w_perm = weight.to(torch.float32)[row_perm]
-    locs, scales, qs, w_hats = [], [], [], []
-    for c0, chunks, rows, block in grouping.chunk_blocks(w_perm, rows_per_group):
-        cs = slice(c0, c0 + chunks)
-        res = quantize_block(block, depth_cols[cs], quantizer, refine_groups, symmetric,
-                             None if mu0 is None else mu0[cs],
-                             None if spread is None else spread[cs])
-        locs.append(res.loc)
-        scales.append(res.scale)
-        w_hats.append(res.w_hat.reshape(chunks * rows, k))
-        if need_indices:
-            qs.append(res.q.reshape(chunks * rows, k))
-    loc, scale = torch.cat(locs), torch.cat(scales)
-    w_hat = torch.empty((n, k), dtype=torch.float32, device=weight.device)
-    w_hat[row_perm] = torch.cat(w_hats)
-    indices = None
-    if need_indices:
-        indices = grouping.columns_to_positions(torch.cat(qs), col_perm, rows_per_group)
-    return LayerQuantization(
-        scale=grouping.columns_to_positions(scale, col_perm, 1).to(torch.float16),
-        loc=grouping.columns_to_positions(loc, col_perm, 1).to(torch.float16),
-        indices=indices, w_hat=w_hat)
+    def one(x):
+        return None if x is None else x[None]
+
+    return quantize_layers(weight[None], row_perm[None], col_perm[None], depth[None],
+                           rows_per_group, quantizer, refine_groups, symmetric, one(mu0),
+                           one(spread), need_indices).layer(0)
 
 
 def dequantize_indices(indices: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,

@@ -103,3 +103,32 @@ def test_depth_zero_reconstructs_the_group_median():
     expect = median[torch.arange(n) // gs]  # permuted rows
     torch.testing.assert_close(out.w_hat[row_perm], expect, rtol=0, atol=0)
     assert int(out.indices.count_nonzero()) == 0
+
+
+def test_stacked_layers_equal_one_at_a_time():
+    """The pipeline quantizes stacks of same-shape layers; each must equal the single-layer
+    result (which the tests above hold equal to the C++ twin)."""
+    n, k, gs = 100, 40, 32
+    layers = [_random_layer(20 + i, n, k, gs) for i in range(3)]
+    stacked = torch_quant.quantize_layers(*(torch.stack([x[j] for x in layers]) for j in range(4)),
+                                          gs, "laplace", True)
+    for i, (w, row_perm, col_perm, depth) in enumerate(layers):
+        one = torch_quant.quantize_layer(w, row_perm, col_perm, depth, gs, "laplace", True)
+        assert torch.equal(stacked.scale[i], one.scale)
+        assert torch.equal(stacked.loc[i], one.loc)
+        assert torch.equal(stacked.indices[i], one.indices)
+        assert torch.equal(stacked.w_hat[i], one.w_hat)
+
+
+def test_regrouping_keeps_the_statistics_total():
+    gen = torch.Generator().manual_seed(4)
+    n, k, gs = 70, 8, 16
+    sums = torch.rand(2, 5, k, generator=gen, dtype=torch.float64)
+    old = torch.stack([torch.randperm(n, generator=gen) for _ in range(2)])
+    new = torch.stack([torch.randperm(n, generator=gen) for _ in range(2)])
+    row_g2 = torch.rand(2, n, generator=gen, dtype=torch.float64)
+    moved = grouping.remap_group_sums(sums, old, new, row_g2, gs)
+    torch.testing.assert_close(moved.sum(dim=1), sums.sum(dim=1))
+    assert not torch.allclose(moved, sums)
+    same = grouping.remap_group_sums(sums, old, old, row_g2, gs)
+    torch.testing.assert_close(same, sums)
