@@ -392,7 +392,8 @@ void save(const std::string& path, const NamedLayers& layers, const Metadata& me
   }
 }
 
-RadioFile load(const std::string& path) {
+namespace {
+RadioFile load_checked(const std::string& path) {
   RADIO_CHECK(little_endian(), "radio files are little-endian; this host is not supported");
   const InputFile file(path);
   const std::string where = "'" + path + "': ";
@@ -577,6 +578,15 @@ RadioFile load(const std::string& path) {
   for (const char* key : kReservedKeys) meta.erase(key);
   result.metadata = std::move(meta);
   return result;
+}
+}  // namespace
+
+RadioFile load(const std::string& path) {
+  try {
+    return load_checked(path);
+  } catch (const Json::exception& e) {  // a JSON shape the checks above did not foresee
+    detail::fail("'", path, "': malformed header: ", e.what());
+  }
 }
 
 }  // namespace radio

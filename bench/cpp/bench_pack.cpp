@@ -53,8 +53,8 @@ int main(int argc, char** argv) {
   std::vector<std::uint32_t> words(static_cast<std::size_t>(layout.words));
   std::vector<std::uint8_t> back(idx.size());
 
-  const double t_pack = best_seconds([&] { radio::pack_layer(g, depth.data(), idx.data(), words.data(), layout); }, 7);
-  const double t_unpack = best_seconds([&] { radio::unpack_layer(g, depth.data(), words.data(), back.data(), layout); }, 7);
+  const double t_pack = best_seconds([&] { radio::pack_layer(g, depth.data(), idx.data(), words.data(), layout); }, 25);
+  const double t_unpack = best_seconds([&] { radio::unpack_layer(g, depth.data(), words.data(), back.data(), layout); }, 25);
   if (back != idx) {
     std::fprintf(stderr, "round trip FAILED\n");
     return 1;

@@ -270,6 +270,32 @@ TEST_CASE("load rejects malformed files", "[format][serialize]") {
   }
 }
 
+TEST_CASE("every truncation and random corruption is rejected cleanly", "[format][serialize]") {
+  Fixture f;
+  // Only radio::Error may come out (a crash or another exception type fails the test).
+  auto loads_or_rejects = [&](const std::vector<char>& bytes) {
+    write_bytes(f.path, bytes);
+    try {
+      radio::load(f.path);
+      return true;
+    } catch (const radio::Error&) {
+      return false;
+    }
+  };
+  for (std::size_t n = 0; n < f.good.size(); n += 1 + n / 16) {
+    INFO("truncated to " << n << " bytes");
+    CHECK_FALSE(loads_or_rejects(std::vector<char>(f.good.begin(), f.good.begin() + static_cast<std::ptrdiff_t>(n))));
+  }
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 300; ++trial) {
+    auto bytes = f.good;
+    const int flips = 1 + trial % 3;
+    for (int i = 0; i < flips; ++i)
+      bytes[rng() % bytes.size()] ^= static_cast<char>(1 + rng() % 255);
+    (void)loads_or_rejects(bytes);  // a flip inside JSON whitespace may load fine; no crash
+  }
+}
+
 TEST_CASE("crc32 equals zlib's check value", "[format][serialize]") {
   const char text[] = "123456789";
   CHECK(radio::crc32(text, 9) == 0xcbf43926u);
