@@ -80,7 +80,8 @@ class QuantConfig:
             activations would not fit in ``activation_budget_gb``).
         offload_originals: keep the original weights in CPU memory between rounds (``None``: on
             for CUDA models whose quantized layers exceed 1 GiB).
-        activation_budget_gb: GPU memory the calibration activations may use.
+        activation_budget_gb: GiB of GPU memory the calibration activations may use (None: what
+            keeps the whole run near 20 GiB, see ``quantize.activation_budget_gb``).
         seed: every random choice (windows, sampling, signs) derives from it.
         progress: show tqdm progress bars.
         preset: name of the preset the values came from (reported).
@@ -111,7 +112,7 @@ class QuantConfig:
     include_lm_head: bool = False
     checkpointing: Optional[bool] = None
     offload_originals: Optional[bool] = None
-    activation_budget_gb: float = 6.0
+    activation_budget_gb: Optional[float] = None
     seed: int = 0
     progress: bool = True
     preset: str = "paper"
@@ -145,8 +146,8 @@ class QuantConfig:
         if self.generate_length is not None:
             _check_int("generate_length", self.generate_length, 2)
         budget = self.activation_budget_gb
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (
-                math.isfinite(budget) and budget > 0):
+        if budget is not None and (isinstance(budget, bool) or not isinstance(
+                budget, (int, float)) or not (math.isfinite(budget) and budget > 0)):
             raise ValueError(f"QuantConfig.activation_budget_gb must be a positive number, "
                              f"got {budget!r}")
         _check_int("seed", self.seed, 0)
