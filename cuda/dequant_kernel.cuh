@@ -89,11 +89,11 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_kernel(const DequantP
     for (int i = threadIdx.x; i < 510; i += blockDim.x) lut[i] = p.lut[i];
     __syncthreads();
   }
-  const int chunk = blockIdx.x / p.row_blocks_per_chunk;
+  const int chunk = blockIdx.y / p.row_blocks_per_chunk;
   const int rows_c = min(p.gs, p.n - chunk * p.gs);
-  const int row = (blockIdx.x % p.row_blocks_per_chunk) * p.rows_per_block + threadIdx.x;
+  const int row = (blockIdx.y % p.row_blocks_per_chunk) * p.rows_per_block + threadIdx.x;
   if (static_cast<int>(threadIdx.x) >= p.rows_per_block || row >= rows_c) return;
-  const int u_begin = blockIdx.y * p.units_per_split;
+  const int u_begin = blockIdx.x * p.units_per_split;
   const int u_end = min(p.units, u_begin + p.units_per_split);
   const std::int64_t out_row =
       static_cast<std::int64_t>(p.row_perm[static_cast<std::int64_t>(chunk) * p.gs + row]) * p.k;

@@ -3,17 +3,31 @@
 #include <cuda_runtime_api.h>
 #include <pybind11/pybind11.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "ops.hpp"
+#include "radio/config.hpp"
 
 namespace py = pybind11;
 using radio::cuda::LayerPtrs;
 
+// All argument checks live here, in host-compiled code: they raise radio::Error (ValueError).
+// The nvcc-built entry points throw nothing and return CUDA errors as messages.
 namespace {
 
 LayerPtrs layer_ptrs(std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc,
                      std::uintptr_t depth, std::uintptr_t unit_offset, std::uintptr_t row_perm,
                      std::uintptr_t col_perm, std::uintptr_t bias, int n, int k, int gs,
                      int quantizer) {
+  RADIO_CHECK(n > 0 && k > 0 && gs > 0, "layer sizes must be positive, got out_features=", n,
+              " in_features=", k, " rows_per_group=", gs);
+  RADIO_CHECK(quantizer == 0 || quantizer == 1,
+              "quantizer must be 0 (laplace) or 1 (uniform), got ", quantizer);
+  // qweight may be null: a layer whose units are all 0-bit has no words
+  RADIO_CHECK(scale && loc && depth && unit_offset && row_perm && col_perm,
+              "a layer tensor pointer is null (scale, loc, depth, unit_offset, row_perm, "
+              "col_perm must all be set)");
   LayerPtrs l;
   l.qweight = qweight;
   l.scale = scale;
@@ -30,11 +44,38 @@ LayerPtrs layer_ptrs(std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_
   return l;
 }
 
+void check_dtype(int dtype) {
+  RADIO_CHECK(dtype >= 0 && dtype <= 2, "dtype code must be 0 (f16), 1 (bf16) or 2 (f32), got ",
+              dtype);
+}
+
+int sm_count() {
+  const int count = radio::cuda::device_sm_count();
+  if (count <= 0) throw std::runtime_error("radio._cuda: no CUDA device is usable");
+  return count;
+}
+
+radio::cuda::QlinearConfig qlinear_config(int m, int n, int k, int gs) {
+  RADIO_CHECK(m >= 1, "qlinear needs at least one token, got ", m);
+  RADIO_CHECK(n > 0 && k > 0 && gs > 0, "sizes must be positive, got out_features=", n,
+              " in_features=", k, " rows_per_group=", gs);
+  RADIO_CHECK(m <= radio::cuda::kMaxKernelTokens || (k + 31) / 32 <= radio::cuda::kMaxBlockUnits,
+              "more than ", radio::cuda::kMaxKernelTokens, " tokens need in_features <= ",
+              32 * radio::cuda::kMaxBlockUnits, " on the kernel path, got ", k,
+              " (use_dequant_gemm() says which path to take)");
+  return radio::cuda::select_qlinear_config(m, n, k, gs, sm_count());
+}
+
+void raise_if(const std::string& error) {
+  if (!error.empty()) throw std::runtime_error(error);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "radio CUDA kernels for the packed format v1 (pointer-level; see python/radio/ops.py)";
   m.attr("MAX_KERNEL_TOKENS") = radio::cuda::kMaxKernelTokens;
+  m.attr("MAX_BLOCK_UNITS") = radio::cuda::kMaxBlockUnits;
   m.def("runtime_version", [] {
     int v = 0;
     cudaRuntimeGetVersion(&v);
@@ -47,33 +88,44 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t row_perm, std::uintptr_t col_perm, std::uintptr_t bias, std::uintptr_t y,
          int n, int k, int gs, int quantizer, std::uintptr_t workspace,
          std::int64_t workspace_bytes, std::uintptr_t stream) {
-        radio::cuda::qlinear(x, dtype, tokens,
-                             layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
-                                        col_perm, bias, n, k, gs, quantizer),
-                             y, workspace, workspace_bytes, stream);
+        const LayerPtrs layer = layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
+                                           col_perm, bias, n, k, gs, quantizer);
+        check_dtype(dtype);
+        RADIO_CHECK(x && y, "x and y must be non-null device pointers");
+        const auto c = qlinear_config(tokens, n, k, gs);
+        RADIO_CHECK(workspace_bytes >= c.workspace_bytes, "workspace of ", workspace_bytes,
+                    " bytes is too small: this launch needs ", c.workspace_bytes);
+        RADIO_CHECK(c.workspace_bytes == 0 || workspace, "workspace pointer is null but ",
+                    c.workspace_bytes, " bytes are needed");
+        raise_if(radio::cuda::qlinear(x, dtype, tokens, layer, y, workspace, c, stream));
       },
       py::arg("x"), py::arg("dtype"), py::arg("tokens"), py::arg("qweight"), py::arg("scale"),
       py::arg("loc"), py::arg("depth"), py::arg("unit_offset"), py::arg("row_perm"),
       py::arg("col_perm"), py::arg("bias"), py::arg("y"), py::arg("out_features"),
       py::arg("in_features"), py::arg("rows_per_group"), py::arg("quantizer"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
-      "y[tokens, N] = x[tokens, K] @ W.T + bias on the tensor cores (1..64 tokens).");
+      "y[tokens, N] = x[tokens, K] @ W.T + bias on the tensor cores (groups of 64 tokens).");
   m.def(
       "dequantize",
       [](std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc, std::uintptr_t depth,
          std::uintptr_t unit_offset, std::uintptr_t row_perm, std::uintptr_t col_perm,
          std::uintptr_t out, int dtype, int n, int k, int gs, int quantizer,
          std::uintptr_t stream) {
-        radio::cuda::dequantize(layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
-                                           col_perm, 0, n, k, gs, quantizer),
-                                out, dtype, stream);
+        const LayerPtrs layer = layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
+                                           col_perm, 0, n, k, gs, quantizer);
+        check_dtype(dtype);
+        RADIO_CHECK(out, "out must be a non-null device pointer");
+        raise_if(radio::cuda::dequantize(layer, out, dtype, stream));
       },
       py::arg("qweight"), py::arg("scale"), py::arg("loc"), py::arg("depth"),
       py::arg("unit_offset"), py::arg("row_perm"), py::arg("col_perm"), py::arg("out"),
       py::arg("dtype"), py::arg("out_features"), py::arg("in_features"),
       py::arg("rows_per_group"), py::arg("quantizer"), py::arg("stream"),
       "out[N, K] = the layer's weight in original order, in dtype (0 f16, 1 bf16, 2 f32).");
-  m.def("workspace_bytes", &radio::cuda::qlinear_workspace_bytes, py::arg("tokens"),
+  m.def(
+      "workspace_bytes",
+      [](int tokens, int n, int k, int gs) { return qlinear_config(tokens, n, k, gs).workspace_bytes; },
+      py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"), py::arg("rows_per_group"),
         "Workspace bytes qlinear needs (0 when it writes y directly).");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
@@ -82,8 +134,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "config",
       [](int tokens, int n, int k, int gs) {
-        const auto c = radio::cuda::select_qlinear_config(tokens, n, k, gs,
-                                                          radio::cuda::device_sm_count());
+        const auto c = qlinear_config(tokens, n, k, gs);
         py::dict d;
         d["tok_tiles"] = c.tok_tiles;
         d["warps"] = c.warps;
@@ -91,6 +142,7 @@ PYBIND11_MODULE(_cuda, m) {
         d["slice_units"] = c.slice_units;
         d["units_per_split"] = c.units_per_split;
         d["splits"] = c.splits;
+        d["tok_groups"] = c.tok_groups;
         d["grid"] = py::make_tuple(c.grid_x, c.grid_y);
         d["smem_bytes"] = c.smem_bytes;
         d["workspace_bytes"] = c.workspace_bytes;

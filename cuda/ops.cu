@@ -1,4 +1,5 @@
-// Entry points: check the arguments, take the configuration from select_config.cu, launch.
+// Entry points: fill the kernel parameters from the configuration (select_config.cu), launch.
+// Nothing here throws; errors come back as messages (see ops.hpp).
 #include "ops.hpp"
 
 #include <cuda_runtime_api.h>
@@ -9,26 +10,14 @@
 #include <string>
 
 #include "launch.cuh"
-#include "radio/config.hpp"
 
 namespace radio::cuda {
 
 namespace {
 
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("radio._cuda ") + what + ": " + cudaGetErrorString(err));
-}
-
-void check_layer(const LayerPtrs& l) {
-  RADIO_CHECK(l.n > 0 && l.k > 0 && l.gs > 0, "layer sizes must be positive, got out_features=",
-              l.n, " in_features=", l.k, " rows_per_group=", l.gs);
-  RADIO_CHECK(l.quantizer == 0 || l.quantizer == 1,
-              "quantizer must be 0 (laplace) or 1 (uniform), got ", l.quantizer);
-  RADIO_CHECK(l.qweight && l.scale && l.loc && l.depth && l.unit_offset && l.row_perm &&
-                  l.col_perm,
-              "a layer tensor pointer is null (qweight, scale, loc, depth, unit_offset, row_perm, "
-              "col_perm must all be set)");
+std::string cuda_error(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return {};
+  return std::string("radio._cuda ") + what + ": " + cudaGetErrorString(err);
 }
 
 template <typename P>
@@ -68,21 +57,9 @@ void fill_lut16(std::uint16_t (&lut)[512]) {
 
 }  // namespace
 
-std::int64_t qlinear_workspace_bytes(int m, int n, int k, int gs) {
-  return select_qlinear_config(m, n, k, gs, device_sm_count()).workspace_bytes;
-}
-
-void qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-             std::uintptr_t workspace, std::int64_t workspace_bytes, std::uintptr_t stream) {
-  check_layer(layer);
-  RADIO_CHECK(dtype >= 0 && dtype <= 2, "dtype code must be 0 (f16), 1 (bf16) or 2 (f32), got ",
-              dtype);
-  RADIO_CHECK(x && y, "x and y must be non-null device pointers");
-  const QlinearConfig c = select_qlinear_config(m, layer.n, layer.k, layer.gs, device_sm_count());
-  RADIO_CHECK(workspace_bytes >= c.workspace_bytes, "workspace of ", workspace_bytes,
-              " bytes is too small: this launch needs ", c.workspace_bytes);
-  RADIO_CHECK(c.workspace_bytes == 0 || workspace, "workspace pointer is null but ",
-              c.workspace_bytes, " bytes are needed");
+std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
+                    std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
+                    std::uintptr_t stream) {
   QlinearParams p{};
   fill_layer(p, layer);
   p.x = reinterpret_cast<const void*>(x);
@@ -94,12 +71,15 @@ void qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::ui
   p.slice_units = c.slice_units;
   p.units_per_split = c.units_per_split;
   p.splits = c.splits;
+  p.tok_groups = c.tok_groups;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (c.workspace_bytes > 0) {
     p.workspace = reinterpret_cast<float*>(workspace);
     p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
-    check_cuda(cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
-               "workspace memset");
+    const std::string err = cuda_error(
+        cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
+        "workspace memset");
+    if (!err.empty()) return err;
   }
   const Quant q = static_cast<Quant>(layer.quantizer);
   if (q == Quant::kLaplace) {
@@ -122,14 +102,11 @@ void qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::ui
                 : launch_qlinear_tiles<float, Quant::kUniform>(p, c, s);
       break;
   }
-  check_cuda(err, "qlinear launch");
+  return cuda_error(err, "qlinear launch");
 }
 
-void dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype, std::uintptr_t stream) {
-  check_layer(layer);
-  RADIO_CHECK(dtype >= 0 && dtype <= 2, "dtype code must be 0 (f16), 1 (bf16) or 2 (f32), got ",
-              dtype);
-  RADIO_CHECK(out, "out must be a non-null device pointer");
+std::string dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype,
+                       std::uintptr_t stream) {
   const DequantConfig c = select_dequant_config(layer.n, layer.k, layer.gs, device_sm_count());
   DequantParams p{};
   fill_layer(p, layer);
@@ -156,7 +133,7 @@ void dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype, std::uint
                 : launch_dequant<float, Quant::kUniform>(p, c, s);
       break;
   }
-  check_cuda(err, "dequantize launch");
+  return cuda_error(err, "dequantize launch");
 }
 
 }  // namespace radio::cuda

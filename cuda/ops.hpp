@@ -1,13 +1,16 @@
 // Pointer-level entry points of radio._cuda (bound in module.cpp, called by python/radio/ops.py).
-// Pointers and the stream are passed as integers; every size is checked here and bad values raise
-// radio::Error (ValueError in Python). CUDA failures raise std::runtime_error (RuntimeError).
+// Pointers and the stream are passed as integers. Arguments are checked by the caller
+// (module.cpp, which raises radio::Error -> ValueError); these functions throw nothing and
+// return an error message ("" on success) for CUDA failures.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace radio::cuda {
 
-constexpr int kMaxKernelTokens = 64;  // the tensor-core kernel handles 1..64 tokens
+constexpr int kMaxKernelTokens = 64;  // tokens per block of the tensor-core kernel
+constexpr int kMaxBlockUnits = 1024;  // units of K one block walks (its depths/offsets in smem)
 
 struct QlinearConfig {
   int tok_tiles = 1;        // token tiles of 8 (template parameter): 1, 2, 4 or 8
@@ -16,6 +19,7 @@ struct QlinearConfig {
   int row_blocks_per_chunk = 1;
   int slice_units = 32;     // units staged in shared memory at a time
   int units_per_split = 0;  // units per block (the K split)
+  int tok_groups = 1;       // blocks of 64 tokens along grid x (more than 64 tokens)
   int splits = 1;
   int grid_x = 0, grid_y = 0;
   int smem_bytes = 0;
@@ -29,10 +33,11 @@ struct DequantConfig {
 };
 
 // select_config.cu: the single heuristic. Everything that depends on the sizes is decided here.
+// Sizes must be valid (positive; m >= 1; k <= 32 * kMaxBlockUnits when m > kMaxKernelTokens).
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count);
 DequantConfig select_dequant_config(int n, int k, int gs, int sm_count);
 bool use_dequant_gemm(int m, int n, int k);
-int device_sm_count();
+int device_sm_count();  // -1 when CUDA cannot tell
 
 
 struct LayerPtrs {
@@ -41,14 +46,15 @@ struct LayerPtrs {
   int n = 0, k = 0, gs = 0, quantizer = 0;
 };
 
-// y[m, n] = x[m, k] @ W.T + bias for 1..64 tokens; x and y in `dtype` (0 f16, 1 bf16, 2 f32).
-void qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-             std::uintptr_t workspace, std::int64_t workspace_bytes, std::uintptr_t stream);
+// y[m, n] = x[m, k] @ W.T + bias for m >= 1 with the launch configuration c (from
+// select_qlinear_config for the same sizes); x and y in `dtype` (0 f16, 1 bf16, 2 f32);
+// `workspace` holds c.workspace_bytes.
+std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                    std::uintptr_t workspace, const QlinearConfig& c, std::uintptr_t stream);
 
 // out[n, k] = W in original order, in `dtype`.
-void dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype, std::uintptr_t stream);
+std::string dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype,
+                       std::uintptr_t stream);
 
-// Bytes of workspace qlinear needs for these sizes (0 when it needs none).
-std::int64_t qlinear_workspace_bytes(int m, int n, int k, int gs);
 
 }  // namespace radio::cuda

@@ -57,6 +57,7 @@ struct QlinearParams {
   int units, padded_k;
   int rows_per_block, row_blocks_per_chunk;
   int slice_units, units_per_split, splits;
+  int tok_groups;  // blocks of 8 * kTokTiles tokens along blockIdx.x (large batches; 1 split)
   // laplace T_B[q] of all depths as 16-bit patterns of the mma type (entry 2^B - 2 + q), filled
   // on the host (ops.cu): kernel parameters, copied to shared memory by every block.
   std::uint16_t lut[512];
@@ -67,11 +68,12 @@ struct QlinearParams {
 __host__ __device__ constexpr int xs_stride(int slice_units) { return slice_units * 32 + 32; }
 
 
-__host__ __device__ constexpr int qlinear_smem_bytes(int tok_tiles, int slice_units) {
+__host__ __device__ constexpr int qlinear_smem_bytes(int tok_tiles, int slice_units,
+                                                    int units_per_split) {
   return 8 * tok_tiles * xs_stride(slice_units) * 2  // xs
          + kLutBytes                                 // lut
-         + 2 * slice_units * 4                       // depth, unit offset of the slice
-         + 8 * tok_tiles * 4;                        // chunk term per token
+         + 8 * tok_tiles * 4                         // chunk term per token
+         + units_per_split * (4 + 1);                // unit offsets and depths of the block
 }
 
 // One weight pair (positions i, i+1 of a lane window) as a 32-bit register of two mma values.
@@ -108,25 +110,63 @@ __device__ __forceinline__ void a_fragment(std::uint32_t (&a)[4], const Window<k
                                  lut_b);
 }
 
-// One unit of depth kB for the warp's 16 rows: load, decode, multiply into acc.
+// Blocks of 512 threads per SM the register budget must allow (64 registers for 2): 2 up to 16
+// tokens (32 warps, each with prefetch_units() units of loads in flight), 1 beyond (the
+// accumulators and B fragments need the registers; checked with -Xptxas -v: no spills).
+template <int kTokTiles>
+constexpr int min_blocks_per_sm() { return kTokTiles <= 2 ? 2 : 1; }
+
+// Units whose words a warp has in flight ahead of the one it decodes.
+template <int kTokTiles>
+constexpr int prefetch_units() { return 2; }
+
+// Words of one unit for the lane's two rows: lane_words(B) words from the lane's first word,
+// clamped to the unit (decode.cuh); the count is warp-uniform, so the unused loads are
+// predicated off, not divergent.
+struct UnitWords {
+  std::uint32_t a[3], b[3];
+};
+
+// lane_words(B) for B = 1..8 (1 1 2 1 2 2 3 2), two bits per depth, for a run-time depth.
+constexpr int kLaneWordsPacked = 0b10'11'10'10'01'10'01'01'00;
+constexpr bool lane_words_packed_ok() {
+  for (int d = 1; d <= 8; ++d)
+    if (((kLaneWordsPacked >> (2 * d)) & 3) != lane_words(d)) return false;
+  return true;
+}
+static_assert(lane_words_packed_ok(), "kLaneWordsPacked must match lane_words()");
+
+__device__ __forceinline__ void load_unit_words(UnitWords& w, const std::uint32_t* __restrict__ qw,
+                                                std::int64_t unit_word, int depth, int rows_c,
+                                                int row_a, int t) {
+  if (depth == 0) return;
+  const int n_words = (kLaneWordsPacked >> (2 * depth)) & 3;
+  const int first = (8 * t * depth) >> 5;
+  const int row_b = row_a + 8;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    if (i < n_words) {
+      const int word = min(first + i, depth - 1);
+      const std::uint32_t* src = qw + unit_word + static_cast<std::int64_t>(word) * rows_c;
+      w.a[i] = row_a < rows_c ? __ldg(src + row_a) : 0u;
+      w.b[i] = row_b < rows_c ? __ldg(src + row_b) : 0u;
+    }
+  }
+}
+
+// One unit of depth kB for the warp's 16 rows: decode the loaded words, multiply into acc.
 template <typename M, Quant kQ, int kTokTiles, int kB>
 __device__ __forceinline__ void unit_mma(float (&acc)[kTokTiles][4],
                                          const std::uint32_t (&bfrag)[kTokTiles][4],
-                                         const std::uint32_t* __restrict__ qweight,
-                                         std::int64_t unit_word, int rows_c, int row_a, int t,
-                                         const std::uint16_t* lut) {
+                                         const UnitWords& w, int t, const std::uint16_t* lut) {
   constexpr int kW = lane_words(kB);
-  const int first = lane_first_word(kB, t);
-  const int shift = lane_bit_offset(kB, t);
-  const int row_b = row_a + 8;
   std::uint32_t wa[kW], wb[kW];
 #pragma unroll
   for (int i = 0; i < kW; ++i) {
-    const int w = min(first + i, kB - 1);
-    const std::uint32_t* src = qweight + unit_word + static_cast<std::int64_t>(w) * rows_c;
-    wa[i] = row_a < rows_c ? __ldg(src + row_a) : 0u;
-    wb[i] = row_b < rows_c ? __ldg(src + row_b) : 0u;
+    wa[i] = w.a[i];
+    wb[i] = w.b[i];
   }
+  const int shift = lane_bit_offset(kB, t);
   const Window<kB> win_a = Window<kB>::make(wa, shift);
   const Window<kB> win_b = Window<kB>::make(wb, shift);
   const std::uint16_t* lut_b = lut + ((1 << kB) - 2);
@@ -139,31 +179,53 @@ __device__ __forceinline__ void unit_mma(float (&acc)[kTokTiles][4],
   for (int nt = 0; nt < kTokTiles; ++nt) mma_16816<M>(acc[nt], a, bfrag[nt][2], bfrag[nt][3]);
 }
 
-// Blocks of 512 threads per SM the register budget must allow: 3 for decode (48 warps to keep
-// enough loads in flight), 2 for 16-32 tokens, 1 for 64 tokens (accumulators need the registers).
-template <int kTokTiles>
-constexpr int min_blocks_per_sm() { return kTokTiles == 1 ? 3 : kTokTiles <= 4 ? 2 : 1; }
+template <typename M, Quant kQ, int kTokTiles>
+__device__ __forceinline__ void unit_mma_any(int depth, float (&acc)[kTokTiles][4],
+                                             const std::uint32_t (&bfrag)[kTokTiles][4],
+                                             const UnitWords& w, int t, const std::uint16_t* lut) {
+  switch (depth) {
+    case 1: unit_mma<M, kQ, kTokTiles, 1>(acc, bfrag, w, t, lut); break;
+    case 2: unit_mma<M, kQ, kTokTiles, 2>(acc, bfrag, w, t, lut); break;
+    case 3: unit_mma<M, kQ, kTokTiles, 3>(acc, bfrag, w, t, lut); break;
+    case 4: unit_mma<M, kQ, kTokTiles, 4>(acc, bfrag, w, t, lut); break;
+    case 5: unit_mma<M, kQ, kTokTiles, 5>(acc, bfrag, w, t, lut); break;
+    case 6: unit_mma<M, kQ, kTokTiles, 6>(acc, bfrag, w, t, lut); break;
+    case 7: unit_mma<M, kQ, kTokTiles, 7>(acc, bfrag, w, t, lut); break;
+    case 8: unit_mma<M, kQ, kTokTiles, 8>(acc, bfrag, w, t, lut); break;
+    default: break;  // 0-bit units: their weights are loc, in the chunk term
+  }
+}
 
 template <typename Act, Quant kQ, int kTokTiles>
-__global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>()) qlinear_kernel(const QlinearParams p) {
+__global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>())
+    qlinear_kernel(const QlinearParams p) {
   using M = typename MmaTypeOf<Act>::type;
   constexpr int kTokens = 8 * kTokTiles;
+  constexpr int kPrefetch = prefetch_units<kTokTiles>();
 
   extern __shared__ __align__(16) unsigned char smem[];
   const int stride = xs_stride(p.slice_units);
   M* xs = reinterpret_cast<M*>(smem);
-  std::uint16_t* lut = reinterpret_cast<std::uint16_t*>(smem + kTokens * stride * 2);
-  int* s_depth = reinterpret_cast<int*>(smem + kTokens * stride * 2 + kLutBytes);
-  int* s_offset = s_depth + p.slice_units;
-  float* s_chunk_term = reinterpret_cast<float*>(s_offset + p.slice_units);
+  unsigned char* after_xs = smem + kTokens * stride * 2;
+  std::uint16_t* lut = reinterpret_cast<std::uint16_t*>(after_xs);
+  float* s_chunk_term = reinterpret_cast<float*>(after_xs + kLutBytes);
+  std::int32_t* s_offset = reinterpret_cast<std::int32_t*>(s_chunk_term + kTokens);
+  std::uint8_t* s_depth = reinterpret_cast<std::uint8_t*>(s_offset + p.units_per_split);
   __shared__ int s_is_last;
 
-  const int chunk = blockIdx.x / p.row_blocks_per_chunk;
-  const int row0 = (blockIdx.x % p.row_blocks_per_chunk) * p.rows_per_block;
+  // blockIdx.x = row block * token groups + token group: the token groups of one weight tile are
+  // neighbours in launch order, so they read the tile's words from L2 (large batches).
+  const int tok_group = blockIdx.x % p.tok_groups;
+  const int row_block = blockIdx.x / p.tok_groups;
+  const int chunk = row_block / p.row_blocks_per_chunk;
+  const int row0 = (row_block % p.row_blocks_per_chunk) * p.rows_per_block;
   const int rows_c = min(p.gs, p.n - chunk * p.gs);
   if (row0 >= rows_c) return;  // whole block, before any barrier: only in the last chunk
   const int u_begin = blockIdx.y * p.units_per_split;
   const int u_end = min(p.units, u_begin + p.units_per_split);
+  const int n_units = u_end - u_begin;
+  const int tok0 = tok_group * kTokens;
+  const int m = min(kTokens, p.m - tok0);  // real tokens of this block
 
   const int tid = threadIdx.x;
   const int nthreads = blockDim.x;
@@ -176,14 +238,15 @@ __global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>()) qlinear_k
     for (int i = tid; i < kLutEntries; i += nthreads) lut[i] = p.lut[i];
   }
   if (tid < kTokens) s_chunk_term[tid] = 0.f;
+  const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
+  for (int i = tid; i < n_units; i += nthreads) {
+    s_depth[i] = p.depth[chunk_unit0 + i];
+    s_offset[i] = p.unit_offset[chunk_unit0 + i];
+  }
+  __syncthreads();
 
-  // Staging assignment: thread -> one token, positions strided (nthreads % kTokens == 0).
-  const int my_token = tid % kTokens;
-  const int pos_lane = tid / kTokens;
-  const int pos_step = nthreads / kTokens;
-  const Act* x = static_cast<const Act*>(p.x);
-  const bool token_real = my_token < p.m;
-  float chunk_term = 0.f;
+  const Act* x = static_cast<const Act*>(p.x) + static_cast<std::int64_t>(tok0) * p.k;
+  const std::int64_t chunk_pos0 = static_cast<std::int64_t>(chunk) * p.padded_k;
 
   float acc[kTokTiles][4];
 #pragma unroll
@@ -191,63 +254,81 @@ __global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>()) qlinear_k
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 
-  const std::int64_t chunk_pos0 = static_cast<std::int64_t>(chunk) * p.padded_k;
-  for (int s0 = u_begin; s0 < u_end; s0 += p.slice_units) {
-    const int nu = min(p.slice_units, u_end - s0);
-    __syncthreads();  // the previous slice's readers are done (and the LUT / zeroing is visible)
-    for (int pl = pos_lane; pl < nu * 32; pl += pos_step) {
-      const std::int64_t ci = chunk_pos0 + s0 * 32 + pl;
-      const int col = p.col_perm[ci];
-      float xv = 0.f;
-      if (token_real && col < p.k) xv = to_float(x[static_cast<std::int64_t>(my_token) * p.k + col]);
-      const M staged = from_float<M>(__half2float(p.scale[ci]) * xv);
-      xs[my_token * stride + pl] = staged;
-      chunk_term += __half2float(p.loc[ci]) * xv;
-      if constexpr (kQ == Quant::kUniform) {
-        if (p.depth[static_cast<std::int64_t>(chunk) * p.units + s0 + pl / 32] > 0)
-          chunk_term += 0.5f * to_float(staged);
-      }
-    }
-    if (tid < nu) {
-      const std::int64_t cu = static_cast<std::int64_t>(chunk) * p.units + s0 + tid;
-      s_depth[tid] = p.depth[cu];
-      s_offset[tid] = p.unit_offset[cu];
-    }
-    __syncthreads();
+  // Register ring of kPrefetch units of words, filled ahead of the decode.
+  UnitWords ring[kPrefetch];
+#pragma unroll
+  for (int s = 0; s < kPrefetch; ++s)
+    if (warp_active && s < n_units)
+      load_unit_words(ring[s], p.qweight, s_offset[s], s_depth[s], rows_c, row_a, t);
 
-    if (warp_active) {
-      for (int ul = 0; ul < nu; ++ul) {
-        const int depth = s_depth[ul];  // uniform over the block
-        if (depth == 0) continue;
+  int slice_begin = 0;
+  for (int u0 = 0; u0 < n_units; u0 += kPrefetch) {
+#pragma unroll
+    for (int s = 0; s < kPrefetch; ++s) {
+      const int ul = u0 + s;  // unit index within the block's range; uniform over the block
+      if (ul >= n_units) break;
+      if (ul % p.slice_units == 0) {
+        // Stage x * scale for the next slice (real tokens only; B fragments of the padding
+        // tokens are zeros, never read from xs), and the chunk term.
+        slice_begin = ul;
+        const int npos = min(p.slice_units, n_units - ul) * 32;
+        const int total = m * npos;
+        __syncthreads();  // the previous slice's readers are done
+        constexpr int kStageUnroll = 4;
+        const std::int64_t slice_pos0 = chunk_pos0 + static_cast<std::int64_t>(u_begin + ul) * 32;
+        const std::int32_t* col_perm = p.col_perm + slice_pos0;
+        const __half* scale = p.scale + slice_pos0;
+        const __half* loc = p.loc + slice_pos0;
+        for (int base = tid; base < total; base += kStageUnroll * nthreads) {
+          int col[kStageUnroll];
+#pragma unroll
+          for (int j = 0; j < kStageUnroll; ++j)
+            col[j] = col_perm[min(base + j * nthreads, total - 1) % npos];
+#pragma unroll
+          for (int j = 0; j < kStageUnroll; ++j) {
+            const int idx = base + j * nthreads;
+            if (idx - lane >= total) break;  // the whole warp is past the end (uniform)
+            // total and npos are multiples of 32: a warp is all in or all out, one token
+            const int token = idx / npos;
+            const int pl = idx - token * npos;
+            float xv = 0.f;
+            if (col[j] < p.k) xv = to_float(x[static_cast<std::int64_t>(token) * p.k + col[j]]);
+            const M staged = from_float<M>(__half2float(scale[pl]) * xv);
+            xs[token * stride + pl] = staged;
+            float term = __half2float(loc[pl]) * xv;
+            if constexpr (kQ == Quant::kUniform) {
+              if (s_depth[ul + pl / 32] > 0) term += 0.5f * to_float(staged);
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) term += __shfl_xor_sync(0xffffffffu, term, o);
+            if (lane == 0) atomicAdd(&s_chunk_term[token], term);
+          }
+        }
+        __syncthreads();
+      }
+      const int depth = s_depth[ul];
+      if (warp_active && depth > 0) {
         std::uint32_t bfrag[kTokTiles][4];
+        const int xs_col = (ul - slice_begin) * 32 + 8 * t;
 #pragma unroll
         for (int nt = 0; nt < kTokTiles; ++nt) {
-          const uint4 v =
-              *reinterpret_cast<const uint4*>(&xs[(nt * 8 + g) * stride + ul * 32 + 8 * t]);
+          uint4 v = make_uint4(0u, 0u, 0u, 0u);
+          if (nt * 8 + g < m) v = *reinterpret_cast<const uint4*>(&xs[(nt * 8 + g) * stride + xs_col]);
           bfrag[nt][0] = v.x;
           bfrag[nt][1] = v.y;
           bfrag[nt][2] = v.z;
           bfrag[nt][3] = v.w;
         }
-        const std::int64_t word = s_offset[ul];
-        switch (depth) {
-          case 1: unit_mma<M, kQ, kTokTiles, 1>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          case 2: unit_mma<M, kQ, kTokTiles, 2>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          case 3: unit_mma<M, kQ, kTokTiles, 3>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          case 4: unit_mma<M, kQ, kTokTiles, 4>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          case 5: unit_mma<M, kQ, kTokTiles, 5>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          case 6: unit_mma<M, kQ, kTokTiles, 6>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          case 7: unit_mma<M, kQ, kTokTiles, 7>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-          default: unit_mma<M, kQ, kTokTiles, 8>(acc, bfrag, p.qweight, word, rows_c, row_a, t, lut); break;
-        }
+        unit_mma_any<M, kQ, kTokTiles>(depth, acc, bfrag, ring[s], t, lut);
       }
+      const int next = ul + kPrefetch;
+      if (warp_active && next < n_units)
+        load_unit_words(ring[s], p.qweight, s_offset[next], s_depth[next], rows_c, row_a, t);
     }
   }
+  __syncthreads();  // the chunk term is complete
 
-  atomicAdd(&s_chunk_term[my_token], chunk_term);
-  __syncthreads();
-
-  Act* y = static_cast<Act*>(p.y);
+  Act* y = static_cast<Act*>(p.y) + static_cast<std::int64_t>(tok0) * p.n;
   const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * p.gs;
   if (warp_active) {
 #pragma unroll
@@ -263,7 +344,7 @@ __global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>()) qlinear_k
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int token = nt * 8 + 2 * t + e;
-            if (token < p.m)
+            if (token < m)
               y[static_cast<std::int64_t>(token) * p.n + orig] =
                   from_float<Act>(acc[nt][2 * half + e] + s_chunk_term[token] + b);
           }
@@ -287,6 +368,7 @@ __global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>()) qlinear_k
   if (p.splits == 1) return;
 
   // Last block of this row range: the workspace rows are complete; write y in original order.
+  // (select_config.cu uses one split whenever there are several token groups.)
   __threadfence();
   __syncthreads();
   if (tid == 0) s_is_last = atomicAdd(&p.counters[blockIdx.x], 1) == p.splits - 1;
@@ -294,9 +376,9 @@ __global__ void __launch_bounds__(512, min_blocks_per_sm<kTokTiles>()) qlinear_k
   if (!s_is_last) return;
   __threadfence();
   const int rows_here = min(p.rows_per_block, rows_c - row0);
-  for (int i = tid; i < rows_here * p.m; i += nthreads) {
-    const int row = row0 + i / p.m;
-    const int token = i % p.m;
+  for (int i = tid; i < rows_here * m; i += nthreads) {
+    const int row = row0 + i / m;
+    const int token = i % m;
     const std::int64_t prow = perm_row0 + row;
     const int orig = p.row_perm[prow];
     const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;

@@ -1,4 +1,6 @@
-// The one place where launch shapes are chosen from the problem size.
+// The one place where launch shapes are chosen from the problem size. Arguments are validated
+// by the caller (module.cpp): nothing here throws (no C++ exception leaves nvcc-built code; on the
+// GPU machine one did not unwind through it).
 //
 // qlinear (1..64 tokens):
 // - token tiles of 8: the smallest of 1, 2, 4, 8 tiles that holds m (template parameter);
@@ -6,15 +8,15 @@
 //   chunk's scale/loc/col_perm are read by one block only);
 // - slice_units = 32 / tok_tiles: 16 KB of staged x * scale whatever the token count;
 // - K split: enough blocks for one full wave at the thread limit (2048 threads per SM), at least
-//   2 units per block; with one split the block writes y itself, otherwise the last block of a
-//   row range does (qlinear_kernel.cuh).
-// Large batches (m > 64) go to dequantize + cuBLAS (python/radio/ops.py).
+//   2 units and at most kMaxBlockUnits per block; with one split the block writes y itself,
+//   otherwise the last block of a row range does (qlinear_kernel.cuh);
+// - more than 64 tokens: groups of 64 along blockIdx.x, one split (no workspace).
+// Only K > 32 * kMaxBlockUnits with more than 64 tokens goes to dequantize + cuBLAS.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 
 #include "launch.cuh"
-#include "radio/config.hpp"
 
 namespace radio::cuda {
 
@@ -22,39 +24,43 @@ namespace {
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 }  // namespace
 
-bool use_dequant_gemm(int m, int /*n*/, int /*k*/) { return m > kMaxKernelTokens; }
+// The tensor-core kernel takes any batch in groups of 64 tokens, with the whole K range per
+// block; only K beyond kMaxBlockUnits units needs the dequantize + matmul path.
+bool use_dequant_gemm(int m, int /*n*/, int k) {
+  return m > kMaxKernelTokens && ceil_div(k, 32) > kMaxBlockUnits;
+}
 
 int device_sm_count() {
   int dev = 0, count = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
-  if (err != cudaSuccess) throw std::runtime_error(std::string("radio._cuda: ") + cudaGetErrorString(err));
-  return count;
+  return err == cudaSuccess ? count : -1;
 }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
-  RADIO_CHECK(m >= 1 && m <= kMaxKernelTokens, "qlinear kernel takes 1..", kMaxKernelTokens,
-              " tokens, got ", m);
-  RADIO_CHECK(n > 0 && k > 0 && gs > 0, "sizes must be positive, got n=", n, " k=", k, " gs=", gs);
   QlinearConfig c;
   c.tok_tiles = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
   const int tokens = 8 * c.tok_tiles;
+  c.tok_groups = ceil_div(m, tokens);
   c.warps = std::min(16, ceil_div(gs, 16));
-  // staging gives each thread one token: the thread count must be a multiple of the tokens
-  const int warp_multiple = std::max(1, tokens / 32);
-  c.warps = ceil_div(c.warps, warp_multiple) * warp_multiple;
   c.rows_per_block = 16 * c.warps;
   c.row_blocks_per_chunk = ceil_div(gs, c.rows_per_block);
   c.slice_units = 32 / c.tok_tiles;
   const int units = ceil_div(k, 32);
   const int chunks = ceil_div(n, gs);
-  c.grid_x = chunks * c.row_blocks_per_chunk;
-  const int target_blocks = sm_count * std::max(1, 2048 / (32 * c.warps));
-  const int want_splits = std::clamp(ceil_div(target_blocks, c.grid_x), 1, units);
-  c.units_per_split = std::max(std::min(2, units), ceil_div(units, want_splits));
+  c.grid_x = chunks * c.row_blocks_per_chunk * c.tok_groups;
+  if (c.tok_groups > 1) {
+    // large batches: every block takes the whole K range and writes y itself
+    c.units_per_split = units;
+  } else {
+    const int target_blocks = sm_count * std::max(1, 2048 / (32 * c.warps));
+    const int want_splits = std::clamp(ceil_div(target_blocks, c.grid_x), 1, units);
+    c.units_per_split = std::max(std::min(2, units), ceil_div(units, want_splits));
+    c.units_per_split = std::min(c.units_per_split, kMaxBlockUnits);
+  }
   c.splits = ceil_div(units, c.units_per_split);
   c.grid_y = c.splits;
-  c.smem_bytes = qlinear_smem_bytes(c.tok_tiles, c.slice_units);
+  c.smem_bytes = qlinear_smem_bytes(c.tok_tiles, c.slice_units, c.units_per_split);
   if (c.splits > 1) {
     const std::int64_t partial = static_cast<std::int64_t>(n) * tokens * 4;
     c.counters_offset = (partial + 255) / 256 * 256;
@@ -64,16 +70,18 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
 }
 
 DequantConfig select_dequant_config(int n, int k, int gs, int sm_count) {
-  RADIO_CHECK(n > 0 && k > 0 && gs > 0, "sizes must be positive, got n=", n, " k=", k, " gs=", gs);
+  (void)sm_count;
   DequantConfig c;
   c.rows_per_block = std::min(kDequantThreads, ceil_div(gs, 32) * 32);
   c.row_blocks_per_chunk = ceil_div(gs, c.rows_per_block);
   const int units = ceil_div(k, 32);
-  c.grid_x = ceil_div(n, gs) * c.row_blocks_per_chunk;
-  const int want_splits = std::clamp(ceil_div(sm_count * 8, c.grid_x), 1, units);
-  c.units_per_split = ceil_div(units, want_splits);
+  // Two units per block, unit ranges along blockIdx.x (fastest in launch order): the blocks in
+  // flight write the rows of one or two chunks, a region L2 can hold while its scattered 2-byte
+  // writes fill whole sectors.
+  c.units_per_split = std::min(2, units);
   c.splits = ceil_div(units, c.units_per_split);
-  c.grid_y = c.splits;
+  c.grid_x = c.splits;
+  c.grid_y = ceil_div(n, gs) * c.row_blocks_per_chunk;
   return c;
 }
 

@@ -4,9 +4,9 @@ docs/format.md defines the tensors. Paths:
 
 - CPU (and any device without radio._cuda): dequantize ``W`` with plain torch ops (``dequantize``
   below, the reference twin of the CUDA kernels), then multiply in float32.
-- CUDA with radio._cuda built: the variable-bit kernels in cuda/ (decode GEMV for few tokens,
-  skinny path for 16-64 tokens, dequantize + cuBLAS for large batches), called with raw device
-  pointers on the current stream. Output and workspace are allocated through torch, so the op
+- CUDA with radio._cuda built: the variable-bit tensor-core kernel in cuda/ for 1-64 tokens;
+  larger batches per PREFILL_PATH (dequantize + cuBLAS by default, or the kernel in groups of 64
+  tokens); raw device pointers on the current stream. Output and workspace are allocated through torch, so the op
   can be captured in CUDA graphs.
 - Meta / fake tensors: shape only, so the op traces under torch.compile.
 
@@ -226,6 +226,12 @@ def _cuda_ready() -> bool:
     return _cuda is not None and hasattr(_cuda, "qlinear")
 
 
+# Path for batches of more than 64 tokens: "dequant" (dequantize to a temporary, then cuBLAS
+# through torch) or "kernel" (the tensor-core kernel in groups of 64 tokens; only for K <= 32768).
+# "dequant" is the default because it measured faster on an H100 (bench/KERNELS.md); both are
+# far slower than f16 for large batches today.
+PREFILL_PATH = "dequant"
+
 _CUDA_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
@@ -249,7 +255,8 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
     stream = torch.cuda.current_stream(dev).cuda_stream
     dtype_code = _CUDA_DTYPE_CODE[x.dtype]
     with torch.cuda.device(dev):
-        if _cuda.use_dequant_gemm(m, n, k):
+        if m > _cuda.MAX_KERNEL_TOKENS and (PREFILL_PATH == "dequant"
+                                             or _cuda.use_dequant_gemm(m, n, k)):
             # prefill: dequantize into a temporary in x's dtype, then cuBLAS through torch
             w = torch.empty(n, k, dtype=x.dtype, device=dev)
             _cuda.dequantize(qweight.data_ptr(), scale.data_ptr(), loc.data_ptr(),

@@ -1,0 +1,226 @@
+"""Kernel benchmark: radio::qlinear vs torch.nn.functional.linear in f16 (cuBLAS), on one GPU.
+
+For each shape (N x K) and effective rate, builds random packed layers on the GPU whose all-in
+size (docs/format.md "Size": qweight, scale, loc, col_perm, depth, row_perm) is the target bits per
+weight at gs = 256, checks radio against a float32 dequantize-then-matmul once per shape, then
+times both ops captured in CUDA graphs, rotating through enough weight copies that every call
+reads its weights from HBM (more than 2x the L2). Prints a table:
+
+  shape, bpw (achieved), tokens, f16 us, radio us, speedup, fraction of the measured copy
+  bandwidth that radio's reads reach ("bytes the kernel must read" = every tensor the kernel
+  reads as it is passed to it: int32 permutations, the int32 unit offsets, x) / time / copy bw.
+
+The copy bandwidth is (bytes read + bytes written) / time of a 2 GiB device-to-device copy.
+Usage: python bench/bench_gemm.py [--quick] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+from radio import ops
+from radio.format import LayerGeometry, UNIT
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192), (28672, 8192),
+          (8192, 28672), (49152, 12288)]
+RATES = [2.5, 3.0, 3.5, 4.0, 4.5]
+TOKENS = [1, 16]
+PREFILL_TOKENS = 2048
+PREFILL_RATE = 4.0
+GS = 256
+L2_BYTES = 50 * 2 ** 20
+
+
+def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
+    """uint8 [C, U] depths (spread around the mean, sum exact) so the layer is `bpw` all-in."""
+    geo = LayerGeometry(n, k, gs)
+    c, u = geo.chunks, geo.units
+    index_bits = bpw * n * k - 8 * geo.side_bytes(False)
+    rows = torch.tensor([geo.rows_in_chunk(i) for i in range(c)], dtype=torch.float64)
+    # words = sum_c rows_c * D_c; with equal chunks this is gs * sum(depth)
+    total = int(round(index_bits / (32 * float(rows.mean()))))
+    if not 0 <= total <= 8 * c * u:
+        raise ValueError(f"rate {bpw} bpw is not reachable for {n}x{k} (needs depth sum {total})")
+    mean = total / (c * u)
+    d = torch.round(mean + 1.2 * torch.randn(c * u, generator=gen, dtype=torch.float64))
+    d = d.clamp(0, 8).to(torch.int64)
+    # fix the sum exactly by moving random units up or down within 0..8
+    while int(d.sum()) != total:
+        diff = total - int(d.sum())
+        step = 1 if diff > 0 else -1
+        movable = ((d < 8) if step > 0 else (d > 0)).nonzero().flatten()
+        pick = movable[torch.randperm(movable.numel(), generator=gen)[:abs(diff)]]
+        d[pick] += step
+    return d.view(c, u).to(torch.uint8)
+
+
+def make_layer(n: int, k: int, bpw: float, seed: int, quantizer: int = 0,
+               device: str = "cuda") -> dict:
+    """A random packed layer at `bpw` (any bit pattern of qweight is a valid set of indices)."""
+    gen = torch.Generator().manual_seed(seed)
+    geo = LayerGeometry(n, k, GS)
+    c, u, kp = geo.chunks, geo.units, geo.padded_in
+    depth = choose_depths(n, k, GS, bpw, gen).to(device)
+    words = geo.qweight_words(depth.cpu().numpy())
+    dgen = torch.Generator(device=device).manual_seed(seed)
+    qweight = torch.randint(-2 ** 31, 2 ** 31, (words,), dtype=torch.int64, device=device,
+                            generator=dgen).to(torch.int32)
+    pos_depth = depth.repeat_interleave(UNIT, dim=1)
+    scale = (torch.rand(c, kp, device=device, generator=dgen) * 0.01 + 0.001).half()
+    loc = (torch.randn(c, kp, device=device, generator=dgen) * 0.01).half()
+    col_perm = torch.argsort(torch.rand(c, k, device=device, generator=dgen), dim=1).to(torch.int32)
+    if kp > k:
+        col_perm = torch.cat([col_perm, torch.full((c, kp - k), k, dtype=torch.int32,
+                                                   device=device)], dim=1)
+    pad = col_perm == k
+    scale[(pos_depth == 0) | pad] = 0
+    loc[pad] = 0
+    row_perm = torch.randperm(n, device=device, generator=dgen).to(torch.int32)
+    return ops.prepare(qweight=qweight, scale=scale, loc=loc, depth=depth, row_perm=row_perm,
+                       col_perm=col_perm, bias=None, out_features=n, in_features=k,
+                       rows_per_group=GS, quantizer=quantizer)
+
+
+def stored_bpw(layer: dict) -> float:
+    geo = LayerGeometry(layer["out_features"], layer["in_features"], layer["rows_per_group"])
+    total = geo.side_bytes(layer["bias"] is not None) + 4 * layer["qweight"].numel()
+    return 8.0 * total / (geo.out_features * geo.in_features)
+
+
+def kernel_read_bytes(layer: dict, tokens: int) -> int:
+    """Bytes of every tensor the kernel reads, as passed (int32 permutations and offsets)."""
+    names = ("qweight", "scale", "loc", "depth", "row_perm", "col_perm", "unit_offset")
+    b = sum(layer[nm].numel() * layer[nm].element_size() for nm in names)
+    return b + tokens * layer["in_features"] * 2
+
+
+def time_graph(fn_calls, reps: int = 5) -> float:
+    """Median microseconds per call of a CUDA graph replaying `fn_calls` (a list of thunks)."""
+    for f in fn_calls[:2]:
+        f()  # warm up outside the capture (workspace sizes, cuBLAS handles, lazy init)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in fn_calls:
+            f()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(fn_calls))
+    del graph
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """(bytes read + bytes written) per second of a large device-to-device copy."""
+    n = 2 ** 31
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    b = torch.empty_like(a)
+    us = time_graph([lambda: b.copy_(a)] * 10)
+    del a, b
+    return 2 * n / (us * 1e-6)
+
+
+def check(layer: dict, tokens: int, gen: torch.Generator) -> float:
+    n, k = layer["out_features"], layer["in_features"]
+    w = ops.dequantize(layer["qweight"], layer["scale"], layer["loc"], layer["depth"],
+                       layer["row_perm"], layer["col_perm"], n, k, GS, layer["quantizer"])
+    x = torch.randn(tokens, k, device="cuda", generator=gen).half()
+    ref = x.float() @ w.T
+    y = ops.qlinear(x, **layer).float()
+    del w
+    return float((y - ref).norm() / ref.norm())
+
+
+def copies_for(bytes_per_copy: int) -> int:
+    return max(2, math.ceil(2 * L2_BYTES / bytes_per_copy) + 1)
+
+
+def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for n, k in shapes:
+        w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
+               for _ in range(copies_for(2 * n * k))]
+        checked = False
+        for bpw in rates:
+            ntok = list(tokens_list) + ([PREFILL_TOKENS] if prefill and bpw == PREFILL_RATE else [])
+            first = make_layer(n, k, bpw, seed=n + k)
+            layers = [first] + [make_layer(n, k, bpw, seed=n + k + i)
+                                for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
+            if not checked:
+                for t in (1, 16):
+                    err = check(first, t, gen)
+                    status = "ok" if err < 4e-3 else "FAIL"
+                    print(f"check {n}x{k} {bpw} bpw tokens={t}: rel err {err:.2e} {status}",
+                          flush=True)
+                    if err >= 4e-3:
+                        sys.exit(f"radio disagrees with dequantize-then-matmul on {n}x{k}")
+                checked = True
+            for tokens in ntok:
+                x = torch.randn(tokens, k, device="cuda", generator=gen).half()
+                calls = max(len(layers), len(w16), 20)
+                f16_calls = [(lambda w=w16[i % len(w16)]: torch.nn.functional.linear(x, w))
+                             for i in range(calls)]
+                radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
+                               for i in range(calls)]
+                t16 = time_graph(f16_calls)
+                paths = ["dequant", "kernel"] if tokens > 64 else ["kernel"]
+                for path in paths:
+                    ops.PREFILL_PATH = path
+                    trad = time_graph(radio_calls)
+                    ops.PREFILL_PATH = "dequant"
+                    read = kernel_read_bytes(first, tokens)
+                    row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
+                               tokens=tokens, path=path, f16_us=round(t16, 2),
+                               radio_us=round(trad, 2), speedup=round(t16 / trad, 3),
+                               radio_bw_frac=round(read / (trad * 1e-6) / bw, 3),
+                               f16_bw_frac=round((2 * n * k + 2 * tokens * k) / (t16 * 1e-6) / bw,
+                                                 3))
+                    out_rows.append(row)
+                    print(f"{n:>6}x{k:<6} {row['bpw']:>6.3f} {tokens:>5} {t16:>10.2f} "
+                          f"{trad:>10.2f} {row['speedup']:>8.2f}x {row['radio_bw_frac']:>7.2f} "
+                          f"{row['f16_bw_frac']:>7.2f} {path}", flush=True)
+            del layers, first
+        del w16
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="two shapes, two rates")
+    ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--json", default=None, help="write the rows as JSON here")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    props = torch.cuda.get_device_properties(0)
+    bw = copy_bandwidth()
+    print(f"device: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}; copy bandwidth (read+write) {bw / 1e12:.3f} TB/s",
+          flush=True)
+    shapes = SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES
+    rates = [3.0, 4.0] if args.quick else RATES
+    print(f"{'shape':>13} {'bpw':>6} {'tok':>5} {'f16 us':>10} {'radio us':>10} {'speedup':>9} "
+          f"{'bw frac':>7} {'f16 bw':>7} path")
+    rows: list = []
+    t0 = time.time()
+    run(shapes, rates, TOKENS, not args.no_prefill, rows, bw)
+    print(f"total {time.time() - t0:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=props.name, copy_bw=bw, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

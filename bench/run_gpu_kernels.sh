@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One device call: build radio (radio._core + radio._cuda for sm_90) on the GPU machine, run the
+# CPU and CUDA op tests, compute-sanitizer on a small case, and the kernel benchmark. Logs go to
+# $OUT (the device tool brings them back). Usage (from the repository root, with .deps carried):
+#   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile]
+# .deps/ holds Eigen, nlohmann_json and zlib (headers, CMake configs, libz) copied from the dev
+# machine, for images without them; it is listed in .git/info/exclude.
+set -uo pipefail
+MODE=${1:-quick}
+OUT=${OUT:-/tmp/radio-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
+step() { echo "=== $* ($(date +%T))"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+nvcc --version | tail -2
+ls -d /usr/include/eigen3 /usr/include/nlohmann /usr/include/zlib.h 2>&1 | sed 's/^/system: /'
+
+step "build"
+DEPS="$PWD/.deps"
+ARGS=(-Ccmake.define.RADIO_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real
+      -Ccmake.define.pybind11_DIR="$(python3 -m pybind11 --cmakedir)")
+if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/nlohmann ] || [ ! -f /usr/include/zlib.h ]; then
+  ARGS+=(-Ccmake.define.CMAKE_PREFIX_PATH="$DEPS" -Ccmake.define.ZLIB_ROOT="$DEPS")
+fi
+rm -rf build/cp312-*  # a configure cached with other definitions would be reused
+if ! python3 -m pip install --no-build-isolation --no-deps -q . "${ARGS[@]}" > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+python3 -c 'import radio, radio._cuda as c; print("radio._cuda", c.__file__, "runtime", c.runtime_version()); print(c.config(1, 4096, 4096, 256)); print(c.config(16, 49152, 12288, 256))'
+
+step "tests"
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py \
+  2>&1 | tee "$OUT/tests.log" | tail -25
+[ "$MODE" = tests ] && exit 0
+
+step "compute-sanitizer memcheck (small case)"
+timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_ops.py -k sanitize_small \
+  > "$OUT/memcheck.log" 2>&1
+echo "memcheck exit code $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3
+
+if [ "$MODE" = profile ] || [ "$MODE" = quick-profile ]; then
+  step "ncu: qlinear kernel, 49152x12288 at 4 bpw, 1 and 16 tokens"
+  cat > /tmp/radio_ncu_case.py <<'PY'
+import sys, torch
+sys.path.insert(0, "bench")
+from bench_gemm import make_layer
+from radio import ops
+layer = make_layer(49152, 12288, 4.0, seed=1)
+for tokens in (1, 16):
+    x = torch.randn(tokens, 12288, device="cuda").half()
+    ops.qlinear(x, **layer)
+torch.cuda.synchronize()
+PY
+  timeout 200 ncu --kernel-name regex:qlinear_kernel --launch-count 2 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+    --section SchedulerStats --section Occupancy --section LaunchStats --section InstructionStats \
+    python3 /tmp/radio_ncu_case.py > "$OUT/ncu.txt" 2>&1
+  echo "ncu exit code $?"
+  grep -E "qlinear_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Issued Ipc|Stall|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Registers Per|Executed Ipc" "$OUT/ncu.txt" | head -60
+fi
+
+step "benchmark ($MODE)"
+if [ "$MODE" = profile ]; then
+  echo "(benchmark skipped)"
+elif [ "$MODE" = full ]; then
+  timeout 420 python3 bench/bench_gemm.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+else
+  timeout 240 python3 bench/bench_gemm.py --quick --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
+step "done"

@@ -1,0 +1,198 @@
+"""GPU tests of radio::qlinear and radio._cuda (marked cuda; skipped without a GPU or the kernels).
+
+Oracle: the float64 weight built from the drawn indices (test_ops.random_layer), so the CUDA
+paths are checked against the format itself, not against ops.py. Relative-error budgets
+(||y - ref|| / ||ref||, ref in float64 from the same x):
+- f16 activations: 4e-3 (x*scale and the laplace table rounded to f16, y rounded to f16);
+- bf16 activations: 2.5e-2 (the same in bf16: 8-bit mantissas);
+- f32 activations: 2e-3 (the kernel multiplies x*scale in f16 on the tensor cores).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_ops import random_layer, reference_y, rel_err  # noqa: E402
+
+from radio import ops  # noqa: E402
+from radio._ext import _cuda  # noqa: E402
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(_cuda is None or not hasattr(_cuda, "qlinear"),
+                       reason="radio._cuda kernels not built"),
+]
+
+BUDGET = {torch.float16: 4e-3, torch.bfloat16: 2.5e-2, torch.float32: 2e-3}
+
+# (N, K, gs): aligned; K not a multiple of 32 and a ragged last chunk; gs smaller than 256;
+# N, K not multiples of 128; one short chunk; a wide layer with few rows
+SHAPES = [(512, 512, 256), (300, 77, 128), (517, 333, 64), (1000, 1100, 256), (37, 33, 256),
+          (256, 4000, 256)]
+TOKENS = [1, 3, 8, 9, 16, 17, 33, 64, 65, 130]  # 65+: ops.PREFILL_PATH
+
+
+def _layer(n, k, gs, quantizer, seed, bias=True, depth=None):
+    layer, w64 = random_layer(n, k, gs, quantizer, seed=seed, bias=bias, depth=depth,
+                              device="cuda")
+    return ops.prepare(**layer), w64
+
+
+@pytest.mark.parametrize("n,k,gs", SHAPES)
+@pytest.mark.parametrize("quantizer", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_qlinear_matches_float64(n, k, gs, quantizer, dtype):
+    layer, w64 = _layer(n, k, gs, quantizer, seed=n * 7 + k + quantizer)
+    g = torch.Generator().manual_seed(n + k)
+    for tokens in TOKENS:
+        x = torch.randn(tokens, k, generator=g).to(dtype).cuda()
+        y = ops.qlinear(x, **layer)
+        assert y.shape == (tokens, n) and y.dtype == dtype
+        assert torch.isfinite(y).all(), (tokens, "non-finite output")
+        err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (tokens, err)
+
+
+@pytest.mark.parametrize("depth", list(range(0, 9)))
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_every_single_depth(depth, quantizer):
+    """All units at one depth (0-bit: y = loc terms + bias only)."""
+    layer, w64 = _layer(300, 200, 128, quantizer, seed=depth, depth=depth)
+    x = torch.randn(5, 200, generator=torch.Generator().manual_seed(depth)).half().cuda()
+    err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+    assert err < BUDGET[torch.float16], err
+
+
+def _raw_call(layer, x, y, stream):
+    n, k, gs = layer["out_features"], layer["in_features"], layer["rows_per_group"]
+    m = x.shape[0]
+    ws = torch.empty(_cuda.workspace_bytes(m, n, k, gs), dtype=torch.uint8, device="cuda")
+    code = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[x.dtype]
+    _cuda.qlinear(x.data_ptr(), code, m, layer["qweight"].data_ptr(), layer["scale"].data_ptr(),
+                  layer["loc"].data_ptr(), layer["depth"].data_ptr(),
+                  layer["unit_offset"].data_ptr(), layer["row_perm"].data_ptr(),
+                  layer["col_perm"].data_ptr(), layer["bias"].data_ptr(), y.data_ptr(), n, k, gs,
+                  layer["quantizer"], ws.data_ptr(), ws.numel(), stream)
+
+
+@pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 64, 256)])
+@pytest.mark.parametrize("tokens", [1, 16, 64])
+def test_every_output_written_single_and_split(n, k, gs, tokens):
+    """Poisoned output (NaN): every element must be overwritten, with and without a K split."""
+    layer, w64 = _layer(n, k, gs, 0, seed=tokens)
+    cfg = _cuda.config(tokens, n, k, gs)
+    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
+    y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
+    _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert not torch.isnan(y).any(), cfg
+    assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16], cfg
+    if k <= 64:
+        assert cfg["splits"] == 1, cfg  # two units: one split, the direct-write path
+    else:
+        assert cfg["splits"] > 1, cfg
+
+
+def test_repeatable():
+    """Same input twice: the K-split atomics may reorder f32 sums, nothing more."""
+    layer, _ = _layer(1000, 1100, 256, 0, seed=1)
+    x = torch.randn(16, 1100, device="cuda").half()
+    a, b = ops.qlinear(x, **layer), ops.qlinear(x, **layer)
+    assert (a.float() - b.float()).abs().max().item() <= 2e-3 * a.float().abs().max().item()
+
+
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_dequantize_kernel_matches_reference(quantizer):
+    layer, w64 = _layer(517, 333, 64, quantizer, seed=5)
+    args = {key: layer[key] for key in ("qweight", "scale", "loc", "depth", "row_perm",
+                                        "col_perm", "out_features", "in_features",
+                                        "rows_per_group", "quantizer")}
+    w = torch.ops.radio.dequantize(*args.values())
+    assert w.is_cuda and w.dtype == torch.float32
+    np.testing.assert_allclose(w.double().cpu().numpy(), w64, rtol=1e-6, atol=1e-7)
+
+
+def test_cuda_graph_capture_and_replay():
+    layer, w64 = _layer(1000, 1100, 256, 0, seed=2)
+    outs = {}
+    for tokens in (1, 16, 130):
+        static_x = torch.randn(tokens, 1100, device="cuda").half()
+        ops.qlinear(static_x, **layer)  # warm up outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = ops.qlinear(static_x, **layer)
+        for seed in range(3):
+            fresh = torch.randn(tokens, 1100, generator=torch.Generator().manual_seed(seed))
+            static_x.copy_(fresh.half().cuda())
+            graph.replay()
+            torch.cuda.synchronize()
+            err = rel_err(static_y, reference_y(static_x, w64, layer["bias"].cpu()))
+            assert err < BUDGET[torch.float16], (tokens, seed, err)
+        outs[tokens] = static_y
+    assert len(outs) == 3
+
+
+def test_opcheck_cuda():
+    layer, _ = _layer(300, 77, 128, 0, seed=4)
+    for tokens in (4, 100):
+        x = torch.randn(tokens, 77, device="cuda").half()
+        args = (x, layer["qweight"], layer["scale"], layer["loc"], layer["depth"],
+                layer["row_perm"], layer["col_perm"], layer["bias"], 300, 77, 128, 0,
+                layer["unit_offset"])
+        torch.library.opcheck(torch.ops.radio.qlinear.default, args)
+
+
+def test_torch_compile_fullgraph():
+    layer, w64 = _layer(300, 77, 128, 1, seed=6)
+
+    @torch.compile(fullgraph=True)
+    def f(x):
+        return torch.relu(ops.qlinear(x, **layer)) * 2
+
+    x = torch.randn(8, 77, device="cuda").half()
+    y = f(x)
+    ref = 2 * np.maximum(reference_y(x, w64, layer["bias"].cpu()), 0)
+    assert rel_err(y, ref) < BUDGET[torch.float16]
+
+
+def test_sanitize_small():
+    """A few small launches of every path (run under compute-sanitizer by the device script)."""
+    for quantizer in (0, 1):
+        layer, w64 = _layer(300, 77, 128, quantizer, seed=8 + quantizer)
+        for tokens, dtype in ((1, torch.float16), (16, torch.bfloat16), (40, torch.float32),
+                              (70, torch.float16)):
+            x = torch.randn(tokens, 77, device="cuda").to(dtype)
+            y = ops.qlinear(x, **layer)
+            assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[dtype]
+
+
+@pytest.mark.parametrize("quantizer", [0, 1])
+@pytest.mark.parametrize("path", ["dequant", "kernel"])
+def test_prefill_paths(quantizer, path, monkeypatch):
+    """More than 64 tokens: dequantize + cuBLAS, and the kernel in token groups of 64."""
+    layer, w64 = _layer(517, 333, 64, quantizer, seed=9)
+    monkeypatch.setattr(ops, "PREFILL_PATH", path)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        x = torch.randn(150, 333, device="cuda").to(dtype)
+        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (dtype, err)
+
+
+# last: the error paths of the raw entry point
+def test_bad_arguments_raise_value_error():
+    layer, _ = _layer(300, 77, 128, 0, seed=7)
+    x = torch.randn(2, 77, device="cuda").half()
+    y = torch.empty(2, 300, device="cuda").half()
+    with pytest.raises(ValueError, match="at least one token, got 0"):
+        _cuda.qlinear(x.data_ptr(), 0, 0, *([1] * 8), y.data_ptr(), 300, 77, 128, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="quantizer must be 0 .laplace. or 1 .uniform., got 3"):
+        _cuda.qlinear(x.data_ptr(), 0, 2, *([1] * 8), y.data_ptr(), 300, 77, 128, 3, 0, 0, 0)
+    with pytest.raises(ValueError, match="workspace of 0 bytes is too small"):
+        _cuda.qlinear(x.data_ptr(), 0, 2, *([1] * 8), y.data_ptr(), 300, 77, 128, 0, 0, 0, 0)
