@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in cmake ninja-build g++ libeigen3-dev nlohmann-json3-dev zlib1g-dev catch2 pybind11-dev; do
+# clang + libclang-rt-dev (the sanitizer and libFuzzer runtimes): tools/fuzz.sh
+for pkg in cmake ninja-build g++ libeigen3-dev nlohmann-json3-dev zlib1g-dev catch2 pybind11-dev \
+           clang libclang-rt-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
