@@ -92,6 +92,10 @@ def perplexity(model, text_or_ids: Union[str, torch.Tensor, Sequence[int]], ctx:
         raise ValueError(f"max_windows must be a positive int or None, got {max_windows!r}")
 
     ids = _as_ids(text_or_ids, tokenizer)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if ids.numel() and (int(ids.min()) < 0 or (isinstance(vocab, int) and int(ids.max()) >= vocab)):
+        raise ValueError(f"token ids lie in [{int(ids.min())}, {int(ids.max())}]; expected ids "
+                         f"in [0, {vocab if isinstance(vocab, int) else 'vocab_size'})")
     n_windows = (ids.numel() - ctx) // stride + 1 if ids.numel() >= ctx else 0
     if n_windows < 1:
         raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of "

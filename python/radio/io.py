@@ -366,6 +366,14 @@ def load(path, device="cpu", verify_crc: bool = True) -> nn.Module:
     """
     import transformers
 
+    try:
+        target_device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got "
+                         f"{device!r}") from None
+    if target_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs CUDA, which this torch cannot use; expected "
+                         f"'cpu'")
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"radio model directory not found: {path}")

@@ -37,6 +37,9 @@ def _check_weight(weight, name: str = "weight") -> None:
                          f"shape {tuple(weight.shape)}")
     if not weight.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {weight.dtype}")
+    if weight.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a shape without values); expected a "
+                         f"tensor holding data, e.g. on 'cpu' or 'cuda'")
     bad = int((~torch.isfinite(weight)).sum())
     if bad:
         raise ValueError(f"{name} has {bad} non-finite values (NaN or inf) out of "
@@ -221,6 +224,10 @@ def allocate(stats: Sequence[LayerStatistics], *, bits: Optional[float] = None,
     """
     if not stats:
         raise ValueError("allocate needs at least one LayerStatistics, got none")
+    wrong = [type(s).__name__ for s in stats if not isinstance(s, LayerStatistics)]
+    if wrong:
+        raise ValueError(f"allocate needs LayerStatistics (from radio.layer_statistics), got "
+                         f"{wrong[0]}")
     targets = {"bits": bits, "size": size, "max_distortion": max_distortion,
                "index_bits": index_bits}
     given = [k for k, v in targets.items() if v is not None]
@@ -358,6 +365,9 @@ def quantize_weight(weight: torch.Tensor, depth: Optional[torch.Tensor] = None, 
         raise ValueError(f"bias must have shape [{n}], got {tuple(bias.shape)}")
     if x_mean is not None and (x_mean.dim() != 1 or x_mean.shape[0] != k):
         raise ValueError(f"x_mean must have shape [{k}], got {tuple(x_mean.shape)}")
+    for arg, value in (("bias", bias), ("x_mean", x_mean)):
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{arg} has non-finite values (NaN or inf); expected finite values")
     q = torch_quant.quantize_layer(
         weight, stats.row_perm, stats.col_perm, depth.to(weight.device), geo.rows_per_group,
         quantizer, refine, symmetric,
