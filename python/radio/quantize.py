@@ -233,6 +233,7 @@ class _Session:
         self._was_training = model.training
         self._patched_blocks: List[nn.Module] = []
         self._installed = False
+        self._copy_stream = None
 
     # -- install / restore ----------------------------------------------------------------------
     def install(self, offload: bool, has_bias: bool) -> None:
@@ -379,8 +380,13 @@ class _Session:
         originals come from pinned memory on a side stream, the next batch's copy overlapping
         this batch's work."""
         offloaded = self.states[0].original.device != self.device
-        stream = torch.cuda.Stream(self.device) if offloaded and self.device.type == "cuda" \
-            else None
+        stream = None
+        if offloaded and self.device.type == "cuda":
+            # One copy stream for the whole run: the caching allocator pools blocks per stream,
+            # so a new stream per pass would strand every pass's blocks in its own pool.
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            stream = self._copy_stream
         pending = self._load(batches[0], stream) if batches else None
         for i, batch in enumerate(batches):
             parts, event = pending
@@ -547,6 +553,8 @@ def _plan_memory(config: QuantConfig, targets, blocks: Optional[nn.ModuleList], 
     budget = budget_gb * (1 << 30)
     if micro is None:
         micro = int(max(1, min(per_round, budget // max(per_seq, 1))))
+        # Same number of passes, evenly filled (16 as 8 + 8 rather than 11 + 5): less memory.
+        micro = -(-per_round // -(-per_round // micro))
     if config.checkpointing is not None:
         return (n_blocks if config.checkpointing else 0), micro
     need = per_seq * micro

@@ -291,3 +291,28 @@ def test_config_validation():
         QuantConfig(symmetric=True)
     assert QuantConfig.for_device("cpu").preset == "cpu"
     assert QuantConfig.for_device("cuda").rounds == 64
+
+
+def test_memory_plan_for_gpu_shapes():
+    """The GPU memory plan on real shapes (meta tensors: no memory, no GPU needed)."""
+    from radio.quantize import _plan_memory
+
+    def llama(hidden, inter, kv, layers):
+        shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden),
+                  (inter, hidden), (inter, hidden), (hidden, inter)]
+        blocks = nn.ModuleList(nn.ModuleList(nn.Linear(k, n, bias=False, device="meta")
+                                             for n, k in shapes) for _ in range(layers))
+        return [(str(i), m) for i, m in enumerate(blocks.modules())
+                if isinstance(m, nn.Linear)], blocks
+
+    cuda = torch.device("cuda")
+    cfg = QuantConfig.paper()
+    targets, blocks = llama(4096, 11008, 4096, 32)  # Llama-2-7B: measured 17.3 GiB peak
+    ckpt, micro = _plan_memory(cfg, targets, blocks, 2048, cuda, torch.bfloat16, 4.69)
+    assert (ckpt, micro) == (22, 1)
+    targets, blocks = llama(576, 1536, 192, 30)  # SmolLM2-135M: 16 = 8 + 8 sequences
+    assert _plan_memory(cfg, targets, blocks, 2048, cuda, torch.bfloat16, 16.0) == (0, 8)
+    assert _plan_memory(cfg.replace(estimator="per_token"), targets, blocks, 2048, cuda,
+                        torch.bfloat16, 16.0) == (0, 1)
+    assert _plan_memory(cfg, targets, blocks, 2048, torch.device("cpu"), torch.float32,
+                        16.0) == (0, 1)
