@@ -143,9 +143,15 @@ def decode(q: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, depth_cols: 
 
 
 def _squared_error(block, q_loc, q_scale, levels, depth_cols, table, quantizer):
+    # A candidate beyond the float16 range never wins (its error is inf, as in the C++ twin);
+    # encoding it with scale 0 keeps the indices valid.
+    valid = torch.isfinite(q_loc) & torch.isfinite(q_scale)
+    q_scale = torch.where(valid, q_scale, torch.zeros_like(q_scale))
+    q_loc = torch.where(valid, q_loc, torch.zeros_like(q_loc))
     q = encode(block, q_loc, q_scale, levels, quantizer)
     err = decode(q, q_loc, q_scale, depth_cols, table).sub_(block).square_()
-    return err.sum(dim=1, dtype=torch.float64)
+    err = err.sum(dim=1, dtype=torch.float64)
+    return torch.where(valid, err, torch.full_like(err, math.inf))
 
 
 def refine(block: torch.Tensor, mu0: torch.Tensor, s0: torch.Tensor, spread: torch.Tensor,
@@ -182,6 +188,17 @@ def refine(block: torch.Tensor, mu0: torch.Tensor, s0: torch.Tensor, spread: tor
     # Depth 0 keeps loc = mu0 and scale = 0 (docs/format.md).
     zero = depth_cols == 0
     return torch.where(zero, to_half(mu0), loc), torch.where(zero, torch.zeros_like(scale), scale)
+
+
+def _check_half_range(loc, scale, mu0, s0) -> None:
+    """The file stores loc and scale as float16: a group whose values do not fit is an error
+    (as in radio._core.quantize_layer), not an inf that would poison the decoding."""
+    bad = ~(torch.isfinite(loc) & torch.isfinite(scale))
+    if bool(bad.any()):
+        b, k = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"the group of column {k} (block chunk {b}) needs loc {float(mu0[b, k])} "
+                         f"and scale {float(s0[b, k])}, beyond the float16 range (|x| <= 65504); "
+                         "expected weights whose groups fit in float16")
 
 
 @dataclasses.dataclass
@@ -224,6 +241,7 @@ def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str
         loc, scale = torch.cat(locs, dim=1), torch.cat(scales, dim=1)
     else:
         loc, scale = to_half(mu0), to_half(s0)
+    _check_half_range(loc, scale, mu0, s0)
     levels = torch.pow(2.0, depth_cols.to(torch.float32))
     q = encode(block, loc, scale, levels, quantizer)
     w_hat = decode(q, loc, scale, depth_cols, lut(quantizer, block.device))

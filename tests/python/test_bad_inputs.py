@@ -257,9 +257,7 @@ ROWS = [
         ValueError, "bits=0.1", "expected bits in ("),
     row("quantize_weight/weight-too-large-for-f16",
         lambda e: radio.quantize_weight(e.W * 1e6, bits=4, rows_per_group=GS),
-        ValueError, "float16", "65504",
-        xfail="torch_quant.quantize_block does not check that the f16 scale/loc are finite "
-              "(radio._core.quantize_layer does): an IndexError from the table lookup"),
+        ValueError, "float16", "65504"),
 
     # ---- radio.dequantize ----------------------------------------------------------------------
     row("dequantize/dict", lambda e: radio.dequantize(e.d), ValueError,
