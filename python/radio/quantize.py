@@ -567,6 +567,13 @@ def _plan_memory(config: QuantConfig, targets, blocks: Optional[nn.ModuleList], 
     return min(n_blocks, math.ceil((need - budget) / saved_per_block)), micro
 
 
+def _now(device: torch.device) -> float:
+    """Wall clock after the device's queued work (phase times would blur otherwise)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -675,14 +682,13 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         generator = torch.Generator().manual_seed(config.seed)
         n_dir = directions.shape[0]
         seq_counter = 0
-        t_rounds = time.perf_counter()
         t_backprop = t_plan = t_solver = t_quant = 0.0
         bar = tqdm(total=config.rounds * config.sequences_per_round,
                    desc="radio: calibration rounds", unit="seq", disable=not progress)
         alloc = None
         packed: Dict[str, PackedLayer] = {}
         for r in range(config.rounds):
-            t0 = time.perf_counter()
+            t0 = _now(device)
             done = 0
             while done < config.sequences_per_round:
                 b = min(micro, config.sequences_per_round - done)
@@ -693,15 +699,15 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                 seq_counter += b
                 done += b
                 bar.update(b)
-            t1 = time.perf_counter()
+            t1 = _now(device)
             alloc, solver_seconds = session.plan(target, batches)
-            t2 = time.perf_counter()
+            t2 = _now(device)
             t_solver += solver_seconds
             final = r == config.rounds - 1
             refine = config.refine and (final or (config.refine_every > 0 and
                                                   (r + 1) % config.refine_every == 0))
             packed = session.requantize(alloc, batches, refine=refine, final=final)
-            t3 = time.perf_counter()
+            t3 = _now(device)
             t_backprop, t_plan, t_quant = t_backprop + t1 - t0, t_plan + t2 - t1, t_quant + t3 - t2
             history.append({"round": r + 1, "log2_V": float(alloc.report.get("log2_V", math.nan)),
                             "bits_per_weight": alloc.bits_per_weight,
