@@ -50,21 +50,19 @@ _ACTIVATION_FACTOR = 1.2
 # Finding the layers
 # ----------------------------------------------------------------------------------------------
 
-def _has_linear(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Linear) for m in module.modules())
-
-
 def find_decoder_blocks(model: nn.Module) -> Optional[Tuple[str, nn.ModuleList]]:
-    """The model's decoder blocks: the ``nn.ModuleList`` with the most children that hold
-    linear layers (ties: more parameters). Returns (qualified name, list) or None."""
+    """The model's decoder blocks: the ``nn.ModuleList`` holding the most linear layers (ties:
+    more parameters). Counting the linear layers inside, not the children, keeps a list of
+    experts inside one block (MoE) from beating the list of blocks. Returns (qualified name,
+    list) or None."""
     best, best_key = None, None
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList):
             continue
-        blocks = [child for child in module if _has_linear(child)]
-        if not blocks:
+        linears = sum(isinstance(m, nn.Linear) for m in module.modules())
+        if not linears:
             continue
-        key = (len(blocks), sum(p.numel() for p in module.parameters()))
+        key = (linears, sum(p.numel() for p in module.parameters()))
         if best_key is None or key > best_key:
             best, best_key = (name, module), key
     return best

@@ -316,3 +316,19 @@ def test_memory_plan_for_gpu_shapes():
                         torch.bfloat16, 16.0) == (0, 1)
     assert _plan_memory(cfg, targets, blocks, 2048, torch.device("cpu"), torch.float32,
                         16.0) == (0, 1)
+
+
+def test_decoder_blocks_found_past_expert_lists():
+    from radio.quantize import find_decoder_blocks
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.Linear(8, 8)
+            self.experts = nn.ModuleList(nn.Linear(8, 8) for _ in range(6))  # more than blocks
+
+    model = nn.Module()
+    model.layers = nn.ModuleList(Block() for _ in range(3))
+    name, blocks = find_decoder_blocks(model)
+    assert name == "layers" and blocks is model.layers
+    assert len(find_target_layers(model)) == 3 * 7
