@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
 STASH=/root/radio-model
 mkdir -p "$OUT" "$STASH"
-export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 CMAKE_BUILD_PARALLEL_LEVEL=16 HF_HUB_OFFLINE=1
 step() { echo "=== $* ($(date +%T))"; }
 
 build() {
