@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .format import FORMAT_VERSION, PackedLayer, index_bytes
+from .format import FORMAT_VERSION, QUANTIZERS, PackedLayer, index_bytes
 from .nn import RadioLinear, validate_packed
 
 __all__ = ["save", "load", "read_packed_layers", "is_radio_dir", "RADIO_FILE", "DENSE_FILE",
@@ -322,10 +322,18 @@ def read_packed_layers(path, verify_crc: bool = True) -> Tuple[Dict[str, PackedL
     if int(version) > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {version}, newer than this radio "
                          f"understands ({FORMAT_VERSION}); upgrade radio to read it")
+    if int(version) < 1:
+        raise ValueError(f"{path}: format_version {version} is not valid; expected 1 to "
+                         f"{FORMAT_VERSION}")
     try:
         attrs = json.loads(meta.get("layers", ""))
     except ValueError:
         raise ValueError(f"{path}: metadata 'layers' is not valid JSON") from None
+    if not isinstance(attrs, dict):
+        raise ValueError(f"{path}: metadata 'layers' must be a JSON object, got "
+                         f"{type(attrs).__name__}")
+    for name, a in attrs.items():
+        _check_attributes(path, name, a)
     if verify_crc:
         crc = _data_crc(path, start)
         if meta.get("crc32") != crc:
@@ -333,28 +341,72 @@ def read_packed_layers(path, verify_crc: bool = True) -> Tuple[Dict[str, PackedL
                              f"{meta.get('crc32')!r}; the file is damaged")
     from safetensors import safe_open
 
+    from safetensors import SafetensorError
+
+    try:
+        layers = _read_layers(path, attrs, safe_open)
+    except (SafetensorError, TypeError) as e:  # a malformed file, said the safetensors reader
+        raise ValueError(f"{path}: not a valid safetensors file: {e}") from None
+    extra = {k: v for k, v in meta.items() if k not in _FORMAT_KEYS}
+    return layers, extra
+
+
+def _check_attributes(path: Path, name: str, a) -> None:
+    """A layer's attributes exactly as docs/format.md "File" has them (no silent conversion)."""
+    if not isinstance(a, dict):
+        raise ValueError(f"{path}: layer {name!r}: attributes must be a JSON object, got {a!r}")
+    for key in ("out_features", "in_features", "rows_per_group"):
+        value = a.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{path}: layer {name!r}: {key} must be a positive integer, got "
+                             f"{value!r}")
+    if a.get("quantizer") not in QUANTIZERS:
+        raise ValueError(f"{path}: layer {name!r}: quantizer must be one of {QUANTIZERS}, got "
+                         f"{a.get('quantizer')!r}")
+    if not isinstance(a.get("has_bias"), bool):
+        raise ValueError(f"{path}: layer {name!r}: has_bias must be true or false, got "
+                         f"{a.get('has_bias')!r}")
+
+
+def _file_dtype(tensor: str, a: dict):
+    """The numpy dtype docs/format.md stores ``tensor`` of a layer with attributes ``a`` in."""
+    if tensor in ("row_perm", "col_perm"):
+        axis = a["out_features"] if tensor == "row_perm" else a["in_features"]
+        return np.dtype(np.uint16 if index_bytes(axis) == 2 else np.int32)
+    return np.dtype({"depth": np.uint8, "qweight": np.int32}.get(tensor, np.float16))
+
+
+def _read_layers(path: Path, attrs: dict, safe_open) -> Dict[str, PackedLayer]:
     layers: Dict[str, PackedLayer] = {}
+    tensors = ("row_perm", "col_perm", "depth", "scale", "loc", "qweight", "bias")
     with safe_open(str(path), framework="np") as f:
         names = set(f.keys())
+        stray = sorted(names - {f"{name}.{t}" for name in attrs for t in tensors})
+        if stray:
+            raise ValueError(f"{path}: tensor {stray[0]!r} is not a tensor of any layer listed "
+                             f"in metadata 'layers'")
         for name, a in attrs.items():
             d = dict(a)
-            for tensor in ("row_perm", "col_perm", "depth", "scale", "loc", "qweight", "bias"):
+            for tensor in tensors:
                 key = f"{name}.{tensor}"
+                if tensor == "bias" and not a["has_bias"]:
+                    if key in names:
+                        raise ValueError(f"{path}: {key} is present but layer {name!r} says "
+                                         f"has_bias=false")
+                    continue
                 if key not in names:
-                    if tensor == "bias" and not a.get("has_bias"):
-                        continue
                     raise ValueError(f"{path}: layer {name!r} has no tensor {tensor!r}")
                 arr = f.get_tensor(key)
+                if arr.dtype != _file_dtype(tensor, a):
+                    raise ValueError(f"{path}: {key} must be {_file_dtype(tensor, a)}, got "
+                                     f"{arr.dtype}")
                 if tensor in ("scale", "loc", "bias"):
-                    if arr.dtype != np.float16:
-                        raise ValueError(f"{path}: {key} must be F16, got {arr.dtype}")
                     arr = arr.view(np.uint16)
                 d[tensor] = arr
             packed = PackedLayer.from_numpy_dict(d)
             validate_packed(packed)
             layers[name] = packed
-    extra = {k: v for k, v in meta.items() if k not in _FORMAT_KEYS}
-    return layers, extra
+    return layers
 
 
 def load(path, device="cpu", verify_crc: bool = True) -> nn.Module:
@@ -413,8 +465,13 @@ def load(path, device="cpu", verify_crc: bool = True) -> nn.Module:
         _set_module(model, name, RadioLinear.from_packed(packed, validate=False))
     from safetensors import safe_open
 
-    with safe_open(str(path / DENSE_FILE), framework="pt") as f:
-        dense = {key: f.get_tensor(key) for key in f.keys()}
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(str(path / DENSE_FILE), framework="pt") as f:
+            dense = {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"{path / DENSE_FILE}: not a valid safetensors file: {e}") from None
     for name, target in radio_section.get("aliases", {}).items():
         if target not in dense:
             raise ValueError(f"{path}: alias {name} -> {target} names no stored tensor")
