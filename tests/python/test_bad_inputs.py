@@ -547,6 +547,10 @@ ROWS = [
         e, "truncated", lambda p: (p / "model.safetensors").write_bytes(
             (p / "model.safetensors").read_bytes()[:100]))), ValueError,
         "model.safetensors", "truncated"),
+    row("load/truncated-dense-file", lambda e: radio.load(saved_copy(
+        e, "dense-truncated", lambda p: (p / "dense.safetensors").write_bytes(
+            (p / "dense.safetensors").read_bytes()[:4000]))), ValueError,
+        "dense.safetensors", "not a valid safetensors file"),
     row("load/device-nonsense", lambda e: radio.load(e.saved, device="gpu7"), ValueError,
         "device must be a torch device", "'gpu7'"),
     pytest.param(lambda e: radio.load(e.saved, device="cuda"), ValueError,
