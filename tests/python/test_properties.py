@@ -420,3 +420,31 @@ def test_allocate_equals_its_reference_twin(problem, fraction, rounding):
                                             rounding=rounding, max_depth=max_depth)
     np.testing.assert_array_equal(fast, slow)
     assert r_fast["index_bits"] == r_slow["index_bits"]
+
+
+@SETTINGS
+@given(geometries(), DEPTH_PATTERNS, SEEDS, QUANTIZER_OPTIONS, st.booleans(), MAGNITUDES,
+       DISTRIBUTIONS)
+def test_torch_quantizer_equals_core(geometry, pattern, seed, options, refine, magnitude,
+                                     distribution):
+    """The pipeline's vectorised torch quantizer is bit-exact with radio._core.quantize_layer,
+    refinement included (so the properties above hold for what radio.quantize stores)."""
+    import torch
+
+    from radio import torch_quant
+
+    quantizer, symmetric = options
+    n, k, gs = geometry
+    rng = np.random.default_rng(seed)
+    chunks, units, _ = shape_of(n, k, gs)
+    weight = make_weight(rng, n, k, magnitude, distribution)
+    row_perm, col_perm = make_perms(rng, n, k, gs)
+    depth = make_depth(rng, chunks, units, pattern)
+    core = quantize(n, k, gs, weight, row_perm, col_perm, depth, quantizer, symmetric, refine)
+    q = torch_quant.quantize_layer(torch.from_numpy(weight), torch.from_numpy(row_perm),
+                                   torch.from_numpy(col_perm), torch.from_numpy(depth), gs,
+                                   quantizer, refine, symmetric)
+    np.testing.assert_array_equal(q.scale.numpy().view(np.uint16), core["scale"])
+    np.testing.assert_array_equal(q.loc.numpy().view(np.uint16), core["loc"])
+    np.testing.assert_array_equal(_core.pack(q.indices.numpy(), depth, gs), core["qweight"])
+    np.testing.assert_array_equal(q.w_hat.numpy(), _core.dequantize(core))
