@@ -85,8 +85,14 @@ def save(model: nn.Module, path, tokenizer=None, report=None) -> Path:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        # mkdtemp makes the directory 0700 (and some writers make 0600 files): give the result
+        # the modes a plain mkdir/open would have had under the user's umask.
+        umask = os.umask(0)
+        os.umask(umask)
         for f in tmp.iterdir():
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
             _fsync_path(f)
+        tmp.chmod(0o777 & ~umask)
         _fsync_path(tmp)
         _replace_dir(tmp, target)
     except BaseException:

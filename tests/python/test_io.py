@@ -247,3 +247,13 @@ def test_python_and_cpp_writers_agree(tmp_path, monkeypatch):
             for tensor, value in packed.to_numpy_dict().items():
                 assert np.array_equal(ours[layer].to_numpy_dict()[tensor], value), (name, tensor)
                 assert np.array_equal(theirs[layer][tensor], value), (name, layer, tensor)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = radio.save(fake_quantize(tiny_llama()), tmp_path / "q")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
