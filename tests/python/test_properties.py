@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from radio import _core, reference
 
 UNIT = 32
-SETTINGS = settings(max_examples=100, deadline=None,
+# derandomize: CI runs the same examples every time, so a red run always reproduces.
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 # ------------------------------------------------------------------------------------------------
@@ -445,6 +446,8 @@ def test_torch_quantizer_equals_core(geometry, pattern, seed, options, refine, m
                                    torch.from_numpy(col_perm), torch.from_numpy(depth), gs,
                                    quantizer, refine, symmetric)
     np.testing.assert_array_equal(q.scale.numpy().view(np.uint16), core["scale"])
-    np.testing.assert_array_equal(q.loc.numpy().view(np.uint16), core["loc"])
+    # Compared as values: with tied +0/-0 weights the two medians may pick zeros of either sign,
+    # which reconstruct identically.
+    np.testing.assert_array_equal(q.loc.numpy(), core["loc"].view(np.float16))
     np.testing.assert_array_equal(_core.pack(q.indices.numpy(), depth, gs), core["qweight"])
     np.testing.assert_array_equal(q.w_hat.numpy(), _core.dequantize(core))
