@@ -33,7 +33,7 @@ def parse_args(argv=None):
                    help="quantization settings (default: paper on CUDA, cpu otherwise)")
     p.add_argument("--eval-windows", type=int, default=None,
                    help="WikiText-2 windows of 2048 tokens to score (default: all on CUDA, "
-                        "4 on CPU); 0 skips the evaluation")
+                        "2 on CPU); 0 skips the evaluation")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the per-group scale/shift search in the final quantization "
                         "(much faster on a CPU, somewhat worse)")
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     preset = args.preset or ("paper" if on_gpu else "cpu")
     config = getattr(QuantConfig, preset)(refine=not args.no_refine)
     ctx = 2048
-    windows = args.eval_windows if args.eval_windows is not None else (None if on_gpu else 4)
+    windows = args.eval_windows if args.eval_windows is not None else (None if on_gpu else 2)
     if windows is not None and windows < 0:
         sys.exit(f"--eval-windows must be >= 0, got {windows}")
     if not args.no_save:
