@@ -90,6 +90,20 @@ class _StopForward(Exception):
     pass
 
 
+def _same_input_groups(linears: dict, acc: dict) -> List[List[str]]:
+    """Names of the linears grouped by identical Hessian (same inputs), in module order."""
+    groups: List[List[str]] = []
+    for name in linears:
+        for group in groups:
+            first = acc[group[0]].h
+            if first.shape == acc[name].h.shape and torch.equal(first, acc[name].h):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
 @torch.no_grad()
 def quantize_gptq(model: nn.Module, calib: torch.Tensor | Sequence[torch.Tensor], bits: int = 4,
                   group_size: int = 128, symmetric: bool = False, act_order: bool = False,
@@ -137,11 +151,18 @@ def quantize_gptq(model: nn.Module, calib: torch.Tensor | Sequence[torch.Tensor]
             _block_output(block, x, kw)
         for h in hooks:
             h.remove()
-        for name, m in linears.items():
-            m.weight.copy_(gptq_quantize_weight(m.weight, acc[name].h, bits, group_size, symmetric,
-                                                act_order, damp))
-            total_bits += rtn_bits_per_weight(bits, m.out_features, m.in_features, group_size,
-                                              symmetric, act_order)
-            weights += m.weight.numel()
+        # GPTQ treats rows independently, so layers fed the same input (q/k/v, gate/up: their
+        # Hessians are bit-identical) are quantized as one stacked matrix: same result, fewer
+        # passes of the per-column loop.
+        for group in _same_input_groups(linears, acc):
+            stacked = torch.cat([linears[name].weight for name in group])
+            q = gptq_quantize_weight(stacked, acc[group[0]].h, bits, group_size, symmetric,
+                                     act_order, damp)
+            for name, part in zip(group, q.split([linears[n].out_features for n in group])):
+                m = linears[name]
+                m.weight.copy_(part)
+                total_bits += rtn_bits_per_weight(bits, m.out_features, m.in_features, group_size,
+                                                  symmetric, act_order)
+                weights += m.weight.numel()
         inputs = [_block_output(block, x, kw) for x, kw in zip(inputs, block_kwargs)]
     return BaselineReport("GPTQ", bits, group_size, symmetric, act_order, weights, total_bits)
