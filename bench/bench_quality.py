@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="CPU smoke settings")
     p.add_argument("--skip-variants", action="store_true")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="radio only (the baselines' rates are then not added to --bits)")
     p.add_argument("--out", type=Path, default=Path("out/quality"))
     args = p.parse_args(argv)
     if args.quick:
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
                      for b in (3, 4) for g in (0, 128) for s in (False, True)]
     baseline_runs += [("GPTQ", dict(bits=b, group_size=128, act_order=a)) for b in (3, 4) for a in (False, True)]
     baseline_bpw = []
-    for method, kw in baseline_runs:
+    for method, kw in ([] if args.skip_baselines else baseline_runs):
         model = copy.deepcopy(reference)
         t = time.perf_counter()
         if method == "RTN":

@@ -75,6 +75,8 @@ def main(argv=None) -> int:
         "quantized_weights": rep.total_weights, "quantize_seconds": seconds,
         "phases": rep.seconds, "build_seconds": build_seconds,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+        "peak_gpu_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device == "cuda"
+                                  else None),
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     print(json.dumps(figures, indent=1))

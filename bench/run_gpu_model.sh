@@ -3,6 +3,7 @@
 # the SmolLM2 GGUF (98 MB) is larger than one call may carry:
 #   bash bench/run_gpu_model.sh stage1   # carry .model/p1 (first half) and .deps: stash it, build radio
 #   bash bench/run_gpu_model.sh stage2   # carry .model/p2 (second half, gguf wheel, data): run everything
+#   bash bench/run_gpu_model.sh llama7b  # carry .deps: Llama-2-7B shapes, random weights (no model file)
 # .model/ is ignored by git; see bench/RESULTS.md for what these runs measured.
 set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
@@ -10,6 +11,7 @@ STASH=/root/radio-model
 mkdir -p "$OUT" "$STASH"
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 CMAKE_BUILD_PARALLEL_LEVEL=16 HF_HUB_OFFLINE=1
 step() { echo "=== $* ($(date +%T))"; }
+no_bars() { tr '\r' '\n' | grep -v "it/s\]\|seq/s\]\|layer/s\]\|s/it\]\|^ *$"; }
 
 build() {
   local args=(-Ccmake.define.RADIO_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real
@@ -37,10 +39,19 @@ stage2)
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .model/p2/gguf-*.whl || exit 1
   export PYTHONPATH=/tmp/site RADIO_DATA=$PWD/.model/p2/data
   python3 -c 'import radio' 2>/dev/null || build
-  step "SmolLM2-135M: quantize with the default (paper) settings"
-  timeout 200 python3 bench/bench_quantize.py smollm2 --json "$OUT/smollm2_quantize.json" 2>&1 | grep -v "it/s]" | tail -30
+  if [ -z "${SKIP_QUANTIZE:-}" ]; then
+    step "SmolLM2-135M: quantize with the default (paper) settings"
+    timeout 200 python3 bench/bench_quantize.py smollm2 --json "$OUT/smollm2_quantize.json" 2>&1 | no_bars | tail -30
+  fi
   step "quality: radio vs RTN and GPTQ"
-  timeout "${QUALITY_TIMEOUT:-330}" python3 bench/bench_quality.py --out "$OUT/quality" ${QUALITY_ARGS:-} 2>&1 | grep -v "it/s]" | tail -60
+  timeout "${QUALITY_TIMEOUT:-330}" python3 bench/bench_quality.py --out "$OUT/quality" ${QUALITY_ARGS:-} 2>&1 | no_bars | tail -60
   ;;
-*) echo "usage: $0 stage1|stage2"; exit 2 ;;
+llama7b)
+  # Needs no model file: Llama-2-7B's shapes with random fp16 weights (bench/bench_quantize.py).
+  step "build radio"
+  python3 -c 'import radio' 2>/dev/null || build
+  step "Llama-2-7B shapes: quantize with the default (paper) settings"
+  timeout "${SHAPES_TIMEOUT:-570}" python3 bench/bench_quantize.py llama2-7b-shapes --json "$OUT/llama2_7b_shapes.json" 2>&1 | no_bars | tail -40
+  ;;
+*) echo "usage: $0 stage1|stage2|llama7b"; exit 2 ;;
 esac
