@@ -20,6 +20,7 @@ from typing import Optional, Union
 ESTIMATORS = ("random_sign", "per_token")
 QUANTIZERS = ("laplace", "uniform")
 ROUNDINGS = ("rd", "nearest")
+REFINE_SEARCHES = ("full", "coarse")  # the same names as radio.torch_quant.REFINE_SEARCHES
 PRESETS = ("paper", "cpu")
 
 
@@ -49,6 +50,8 @@ class QuantConfig:
         rounding: ``"rd"`` rounds a fractional depth up past 0.4431 (the Lagrangian-optimal point,
             method.md §3.1); ``"nearest"`` rounds to nearest.
         refine: run the per-group scale/shift search in the final quantization.
+        refine_search: ``"full"`` tries all 33 grid points per parameter; ``"coarse"`` every 4th,
+            then the 3 on each side of the best (15; the ``cpu`` preset's, for time).
         refine_every: also refine every this many rounds during calibration (0: only at the end;
             the paper's working model uses the plain quantizer between validations).
         bias_correction: ``b <- b - (W_hat - W) x_mean`` after every re-quantization.
@@ -93,6 +96,7 @@ class QuantConfig:
     max_depth: int = 8
     rounding: str = "rd"
     refine: bool = True
+    refine_search: str = "full"
     refine_every: int = 0
     bias_correction: bool = True
 
@@ -126,6 +130,7 @@ class QuantConfig:
                              f"got quantizer={self.quantizer!r}")
         _check_int("max_depth", self.max_depth, 1, 8)
         _check_choice("rounding", self.rounding, ROUNDINGS)
+        _check_choice("refine_search", self.refine_search, REFINE_SEARCHES)
         _check_int("refine_every", self.refine_every, 0)
         _check_int("rounds", self.rounds, 1)
         _check_int("sequences_per_round", self.sequences_per_round, 1)
@@ -166,7 +171,8 @@ class QuantConfig:
         """Fewer rounds and shorter sequences: minutes, not hours, without a GPU."""
         values = dict(preset="cpu", rounds=8, sequences_per_round=4, seq_len=256,
                       tokens_per_sequence=9, pca_components=256, pca_sequences=32,
-                      calib_sequences=32, generate_sequences=8, generate_length=128)
+                      calib_sequences=32, generate_sequences=8, generate_length=128,
+                      refine_search="coarse")
         values.update(overrides)
         return cls(**values)
 

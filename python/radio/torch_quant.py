@@ -154,37 +154,71 @@ def _squared_error(block, q_loc, q_scale, levels, depth_cols, table, quantizer):
     return torch.where(valid, err, torch.full_like(err, math.inf))
 
 
+# Searches over the 33-point grid: "full" tries every point (the C++ twin's search); "coarse"
+# tries every 4th point, then the 3 on each side of the best one: 15 evaluations instead of 33
+# per parameter, for CPU runs where the search dominates the time (bench/RESULTS.md measures
+# what it costs in error). The grid and the stored format are the same either way.
+REFINE_SEARCHES = ("full", "coarse")
+_COARSE_STRIDE = 4
+_GRID_ZERO = REFINE_STEPS.index(0.0)
+
+
+def _grid_search(evaluate, search: str, device):
+    """Minimises ``evaluate(i)`` -> error [B, K] over grid indices i (scalars, or [B, K] index
+    tensors in the second pass of "coarse"). Returns (best index [B, K] int64, best error)."""
+    n = len(REFINE_STEPS)
+    best_err = best_i = None
+    first_pass = range(n) if search == "full" else range(0, n, _COARSE_STRIDE)
+    for i in first_pass:
+        err = evaluate(torch.tensor(i, device=device))
+        if best_err is None:
+            # Until a finite error is seen the parameter stays at 0 (grid index of m = beta = 0).
+            best_err = torch.full_like(err, math.inf)
+            best_i = torch.full_like(err, _GRID_ZERO, dtype=torch.int64)
+        better = err < best_err  # strict: ties keep the earlier candidate
+        best_err = torch.where(better, err, best_err)
+        best_i = torch.where(better, torch.full_like(best_i, i), best_i)
+    if search == "coarse":
+        centre = best_i.clone()
+        for offset in (-3, -2, -1, 1, 2, 3):
+            i = centre + offset
+            inside = (i >= 0) & (i < n)
+            err = evaluate(i.clamp(0, n - 1))
+            better = inside & (err < best_err)
+            best_err = torch.where(better, err, best_err)
+            best_i = torch.where(better, i, best_i)
+    return best_i, best_err
+
+
 def refine(block: torch.Tensor, mu0: torch.Tensor, s0: torch.Tensor, spread: torch.Tensor,
-           depth_cols: torch.Tensor, quantizer: str, symmetric: bool):
+           depth_cols: torch.Tensor, quantizer: str, symmetric: bool, search: str = "full"):
     """The per-group search of docs/format.md: best ``s = s0 * 2**m``, then best
-    ``mu = mu0 + beta * S * 2**m``; ties keep the earlier candidate. Returns (loc, scale) as
-    float32 values of f16 numbers, [B, K]."""
+    ``mu = mu0 + beta * S * 2**m``; ties keep the earlier candidate (``search``: see
+    REFINE_SEARCHES). Returns (loc, scale) as float32 values of f16 numbers, [B, K]."""
+    if search not in REFINE_SEARCHES:
+        raise ValueError(f"search must be one of {REFINE_SEARCHES}, got {search!r}")
     table = lut(quantizer, block.device)
     levels = torch.pow(2.0, depth_cols.to(torch.float32))
     loc = to_half(mu0)
-    best_err = torch.full_like(mu0, math.inf, dtype=torch.float64)
-    best_scale = to_half(s0)
-    best_mult = torch.ones_like(s0)
-    for mult in _MULTIPLIERS:
-        mult = mult.to(s0.device)
-        scale = to_half(s0 * mult)
-        err = _squared_error(block, loc, scale, levels, depth_cols, table, quantizer)
-        better = err < best_err  # strict: ties keep the earlier candidate
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_mult = torch.where(better, mult, best_mult)
-    scale = best_scale
+    multipliers = torch.stack(_MULTIPLIERS).to(s0.device)
+    steps = torch.tensor(REFINE_STEPS, dtype=torch.float32, device=s0.device)
+
+    def scale_error(i):
+        return _squared_error(block, loc, to_half(s0 * multipliers[i]), levels, depth_cols,
+                              table, quantizer)
+
+    best_m, _ = _grid_search(scale_error, search, s0.device)
+    best_mult = multipliers[best_m]
+    scale = to_half(s0 * best_mult)
     if not symmetric:
         step = spread * best_mult  # shifts in steps of the spread at the chosen scale
-        best_err.fill_(math.inf)
-        best_loc = loc.clone()
-        for beta in REFINE_STEPS:
-            cand = to_half(mu0 + beta * step)
-            err = _squared_error(block, cand, scale, levels, depth_cols, table, quantizer)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_loc = torch.where(better, cand, best_loc)
-        loc = best_loc
+
+        def loc_error(i):
+            return _squared_error(block, to_half(mu0 + steps[i] * step), scale, levels,
+                                  depth_cols, table, quantizer)
+
+        best_b, _ = _grid_search(loc_error, search, s0.device)
+        loc = to_half(mu0 + steps[best_b] * step)
     # Depth 0 keeps loc = mu0 and scale = 0 (docs/format.md).
     zero = depth_cols == 0
     return torch.where(zero, to_half(mu0), loc), torch.where(zero, torch.zeros_like(scale), scale)
@@ -217,8 +251,9 @@ def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str
                    spread: Optional[torch.Tensor] = None) -> BlockResult:
     """Quantize every group of ``block`` (float32 [B, R, K]) at ``depth_cols`` ([B, K], 0..8).
 
-    ``mu0`` and ``spread`` (the group location and its RMS spread, [B, K]) may be passed when
-    already computed (the pipeline computes them for the bit allocation).
+    ``refine_groups``: False, True (the full search) or a name from REFINE_SEARCHES. ``mu0`` and
+    ``spread`` (the group location and its RMS spread, [B, K]) may be passed when already
+    computed (the pipeline computes them for the bit allocation).
     """
     block = block.to(torch.float32)
     depth_cols = depth_cols.to(torch.int64)
@@ -228,6 +263,8 @@ def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str
         spread = rms_about(block, mu0)
     s0 = base_scale(block, spread, depth_cols, quantizer, symmetric)
     if refine_groups:
+        # True means the full search; a string names one of REFINE_SEARCHES.
+        search = "full" if refine_groups is True else refine_groups
         # Column slices bound the search's temporaries; groups never straddle a slice.
         per_col = block.shape[0] * block.shape[1]
         width = max(1, _SLICE_ELEMENTS // max(per_col, 1))
@@ -235,7 +272,7 @@ def quantize_block(block: torch.Tensor, depth_cols: torch.Tensor, quantizer: str
         for k0 in range(0, block.shape[2], width):
             sl = slice(k0, k0 + width)
             l_, s_ = refine(block[:, :, sl], mu0[:, sl], s0[:, sl], spread[:, sl],
-                            depth_cols[:, sl], quantizer, symmetric)
+                            depth_cols[:, sl], quantizer, symmetric, search)
             locs.append(l_)
             scales.append(s_)
         loc, scale = torch.cat(locs, dim=1), torch.cat(scales, dim=1)

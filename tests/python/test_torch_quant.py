@@ -132,3 +132,40 @@ def test_regrouping_keeps_the_statistics_total():
     assert not torch.allclose(moved, sums)
     same = grouping.remap_group_sums(sums, old, old, row_g2, gs)
     torch.testing.assert_close(same, sums)
+
+
+@pytest.mark.parametrize("quantizer", ["laplace", "uniform"])
+def test_coarse_refine_search_is_close_to_the_full_search(quantizer):
+    # The coarse search (the cpu preset's) tries a subset of the same grid, including the
+    # unrefined code (m = beta = 0): per group it is never worse than no search, and in total
+    # close to the full search. (Per group it can beat the full search: scale and shift are
+    # searched one after the other, not jointly.)
+    gen = torch.Generator().manual_seed(7)
+    block = torch.distributions.StudentT(3.0).sample((6, 64, 96)) * 0.02
+    block = block + 0.003 * torch.randn(1, 1, 96, generator=gen)
+    depth = torch.randint(1, 9, (6, 96), generator=gen)
+    mu0 = torch_quant.base_location(block, quantizer, False)
+    spread = torch_quant.rms_about(block, mu0)
+    s0 = torch_quant.base_scale(block, spread, depth, quantizer, False)
+    levels = torch.pow(2.0, depth.float())
+    table = torch_quant.lut(quantizer, block.device)
+
+    def error(loc, scale):
+        return torch_quant._squared_error(block, loc, scale, levels, depth, table, quantizer)
+
+    full = error(*torch_quant.refine(block, mu0, s0, spread, depth, quantizer, False, "full"))
+    coarse = error(*torch_quant.refine(block, mu0, s0, spread, depth, quantizer, False, "coarse"))
+    plain = error(torch_quant.to_half(mu0), torch_quant.to_half(s0))
+    assert torch.all(coarse <= plain + 1e-12)
+    assert float(coarse.sum()) <= 1.01 * float(full.sum())
+    assert float(coarse.sum()) < 0.95 * float(plain.sum())
+
+
+def test_refine_search_name_is_checked():
+    block = torch.randn(1, 8, 32)
+    depth = torch.full((1, 32), 3)
+    mu0 = torch_quant.base_location(block, "laplace", False)
+    spread = torch_quant.rms_about(block, mu0)
+    s0 = torch_quant.base_scale(block, spread, depth, "laplace", False)
+    with pytest.raises(ValueError, match="search must be one of .*'exhaustive'"):
+        torch_quant.refine(block, mu0, s0, spread, depth, "laplace", False, "exhaustive")
