@@ -10,6 +10,7 @@ the 1990-2021 addresses. Every bits-per-weight figure counts all side informatio
     python3 bench/bench_quality.py --quick --out out/quality    # CPU smoke run (small, minutes)
 
 Prints one table (method, bpw, perplexities, time) and writes results.json and quality.png.
+`--merge a/results.json b/results.json --out DIR` joins runs made in several calls.
 """
 from __future__ import annotations
 
@@ -73,7 +74,12 @@ def main(argv=None) -> int:
     p.add_argument("--skip-baselines", action="store_true",
                    help="radio only (the baselines' rates are then not added to --bits)")
     p.add_argument("--out", type=Path, default=Path("out/quality"))
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="no runs: merge results.json files of earlier runs (first occurrence of "
+                        "each method wins), print the table, write results.json and quality.png")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.quick:
         args.bits, args.variant_bits = [3.0, 4.0], [3.0]
         args.distortions = args.distortions[:2]
@@ -141,6 +147,21 @@ def main(argv=None) -> int:
         run_radio(f"radio max_distortion={d:g}", max_distortion=d)
 
     plot(rows, args.out / "quality.png")
+    print_table(rows)
+    return 0
+
+
+def merge(paths, out: Path) -> int:
+    """Table and plot from the results.json of runs made in several calls (same settings)."""
+    rows, seen = [], set()
+    for path in paths:
+        for row in json.loads(Path(path).read_text()):
+            if row["method"] not in seen:
+                seen.add(row["method"])
+                rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / "quality.png")
     print_table(rows)
     return 0
 
