@@ -72,7 +72,7 @@ def main(argv=None) -> int:
           f"sequences of {config.seq_len or 'min(2048, context)'} tokens, calibration "
           f"self-generated ({config.generate_sequences} sequences x "
           f"{config.generate_length or 512} tokens), group size {config.rows_per_group}, "
-          f"quantizer {config.quantizer}, refinement {'on' if config.refine else 'off'}")
+          f"quantizer {config.quantizer}, refinement {config.refine_search if config.refine else 'off'}")
     scope = "skipped" if windows == 0 else (
         "the whole text" if windows is None else f"the first {windows} windows")
     print(f"evaluation: WikiText-2 test (non-empty rows), ctx {ctx}, non-overlapping windows, "
