@@ -165,7 +165,8 @@ def cmd_quantize(args) -> int:
             raise UsageError("--calib text needs the model's tokenizer, and none was found")
     start = time.perf_counter()
     quantize(model, bits=args.bits, size=args.size, max_distortion=args.max_distortion,
-             calib=calib, config=config, tokenizer=tokenizer, verbose=not args.quiet)
+             calib=calib, config=config, tokenizer=tokenizer, verbose=not args.quiet,
+             checkpoint_dir=args.checkpoint_dir)
     io.save(model, out, tokenizer=tokenizer)
     summary = json.loads((out / io.CONFIG_FILE).read_text())["radio"]["summary"]
     print(f"radio: saved {out} ({summary['layers']} quantized layers, "
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=_positive_int, help="rows per group")
     q.add_argument("--quantizer", choices=("laplace", "uniform"))
     q.add_argument("--seed", type=int)
+    q.add_argument("--checkpoint-dir",
+                   help="save the state after every calibration round there; rerunning the same "
+                        "command resumes after the last saved round (same result)")
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("eval", help="perplexity of a radio directory (or an unquantized model)")

@@ -15,6 +15,9 @@ One run:
 4. The last round quantizes with the per-group refinement, packs every layer
    (``radio._core.pack``) and swaps in ``RadioLinear`` modules.
 
+With ``checkpoint_dir``, the state after every round but the last is saved there
+(``radio.checkpoint``), and a later call for the same job resumes after the last saved round.
+
 All per-round work (statistics, grouping, quantization) is vectorised torch on the model's
 device, layer by layer; only the solver and the final bit packing run on the CPU.
 """
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import calibration, grouping, layer, sensitivity, torch_quant
+from . import calibration, checkpoint, grouping, layer, sensitivity, torch_quant
 from .config import QuantConfig
 from .format import LayerGeometry, PackedLayer
 from .report import QuantReport
@@ -585,7 +588,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int] = None,
              max_distortion: Optional[float] = None, calib=None,
              config: Optional[QuantConfig] = None, filter_fn: Optional[Callable] = None,
-             tokenizer=None, verbose: bool = True) -> nn.Module:
+             tokenizer=None, verbose: bool = True,
+             checkpoint_dir: Optional[os.PathLike] = None) -> nn.Module:
     """Quantize a causal LM (or any model, with ``filter_fn``) with the Radio method, in place.
 
     Parameters
@@ -613,6 +617,13 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         Tokenizes text ``calib`` (default: ``model.tokenizer``).
     verbose : bool
         Print the report.
+    checkpoint_dir : path, optional
+        Save the state after every calibration round there (``radio.checkpoint``: safetensors
+        and JSON, replaced atomically), and resume from it when it holds a checkpoint of the
+        same job (model, settings, calibration, target): the result is bit-identical to an
+        uninterrupted run on the same device. A checkpoint of another job, or a damaged one,
+        raises ValueError. The directory is left in place at the end (delete it once the model
+        is saved). ``None``: no checkpoints.
 
     Returns
     -------
@@ -645,6 +656,8 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                                  config.rows_per_group_for(m.out_features)),
                    has_bias or m.bias is not None) for _, m in targets]
     _check_target_reachable(target, geometries)
+    # Before calibration and installation: the model's original state names the job.
+    model_sha = checkpoint.model_digest(model) if checkpoint_dir is not None else None
 
     seq_len = config.resolved_seq_len(_model_context(model))
     vocab = _vocab_size(model)
@@ -667,25 +680,43 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
     offload = config.offload_originals if config.offload_originals is not None else (
         device.type == "cuda" and total_bytes > _OFFLOAD_BYTES)
 
+    job = None if checkpoint_dir is None else checkpoint.job_description(
+        model_sha, config, calib_set.tokens, target, micro, device)
     session = _Session(model, targets, config, device, progress)
     history: List[dict] = []
     try:
         session.install(offload, has_bias)
         output_fn = _output_function(model)
+        generator = torch.Generator().manual_seed(config.seed)
+        resumed = None if job is None else checkpoint.load(checkpoint_dir, job, session.states)
         t = time.perf_counter()
-        directions = session.output_directions(calib_set, output_fn, micro)
+        if resumed is None:
+            directions = session.output_directions(calib_set, output_fn, micro)
+        else:
+            directions = resumed.directions.to(device)
         seconds["output directions"] = time.perf_counter() - t
         session.enable_checkpointing(blocks, ckpt_blocks)
         batches = session.layer_batches()
-        generator = torch.Generator().manual_seed(config.seed)
         n_dir = directions.shape[0]
-        seq_counter = 0
-        t_backprop = t_plan = t_solver = t_quant = 0.0
+        seq_counter = first_round = session.clock.step = 0
+        t_backprop = t_plan = t_solver = t_quant = t_save = 0.0
+        if resumed is not None:
+            if not 0 < resumed.rounds_done < config.rounds:
+                raise ValueError(f"checkpoint in {checkpoint_dir} has {resumed.rounds_done} "
+                                 f"rounds done; expected 1..{config.rounds - 1}")
+            resumed.apply(session.states, generator)
+            first_round, seq_counter = resumed.rounds_done, resumed.seq_counter
+            session.clock.step = resumed.clock_step
+            history = resumed.history
+            t_backprop, t_plan, t_solver, t_quant = (
+                resumed.timers.get(k, 0.0) for k in ("backprop", "plan", "solver", "quant"))
+            del resumed
         bar = tqdm(total=config.rounds * config.sequences_per_round,
+                   initial=first_round * config.sequences_per_round,
                    desc="radio: calibration rounds", unit="seq", disable=not progress)
         alloc = None
         packed: Dict[str, PackedLayer] = {}
-        for r in range(config.rounds):
+        for r in range(first_round, config.rounds):
             t0 = _now(device)
             done = 0
             while done < config.sequences_per_round:
@@ -715,11 +746,20 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                 history[-1]["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / (1 << 30)
             bar.set_postfix(bpw=f"{alloc.bits_per_weight:.3f}",
                             D=f"{alloc.relative_distortion:.3g}")
+            if job is not None and not final:
+                t4 = time.perf_counter()
+                checkpoint.save(checkpoint_dir, job, checkpoint.RoundState.capture(
+                    r + 1, seq_counter, session.clock.step, generator, directions, history,
+                    {"backprop": t_backprop, "plan": t_plan, "solver": t_solver,
+                     "quant": t_quant}, session.states))
+                t_save += time.perf_counter() - t4
         bar.close()
         seconds["backprop"] = t_backprop
         seconds["statistics"] = t_plan - t_solver
         seconds["solver"] = t_solver
         seconds["quantization"] = t_quant
+        if job is not None:
+            seconds["checkpoints"] = t_save
         session.finish(packed)
     except BaseException:
         session.restore()
@@ -729,6 +769,8 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
     settings.update(seq_len=seq_len, micro_batch=micro, checkpointed_blocks=ckpt_blocks,
                     activation_budget_gb=round(budget_gb, 2),
                     offload_originals=offload, output_directions=int(directions.shape[0]))
+    if first_round:
+        settings["resumed_after_round"] = first_round
     report = QuantReport.build(
         packed, target=target_text, predicted_distortion=alloc.relative_distortion,
         settings=settings, preset=config.preset, estimator=config.estimator,
