@@ -447,7 +447,7 @@ class _Session:
                 q = torch_quant.quantize_layers(
                     weights, torch.stack([x.row_perm for x in st]),
                     torch.stack([x.col_perm for x in st]), depth, batch[0].rows_per_group,
-                    cfg.quantizer, refine, cfg.symmetric,
+                    cfg.quantizer, cfg.refine_search if refine else False, cfg.symmetric,
                     mu0=torch.stack([x.location for x in st]) if laplace else None,
                     spread=torch.stack([x.spread for x in st]) if laplace else None,
                     need_indices=final)
