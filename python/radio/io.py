@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .format import FORMAT_VERSION, QUANTIZERS, PackedLayer, index_bytes
+from .format import (FORMAT_VERSION, MAX_DEPTH, QUANTIZERS, LayerGeometry, PackedLayer,
+                     index_bytes)
 from .nn import RadioLinear, validate_packed
 
 __all__ = ["save", "load", "read_packed_layers", "is_radio_dir", "RADIO_FILE", "DENSE_FILE",
@@ -309,8 +311,13 @@ def read_packed_layers(path, verify_crc: bool = True) -> Tuple[Dict[str, PackedL
     """The layers of a radio file (or of the model.safetensors in a radio directory).
 
     Returns ``(layers, metadata)``; checks the format name and version (a newer version is
-    refused), the CRC of the data section, and every layer (``radio._core.validate_layer``).
-    Tensors are read through safetensors' memory map.
+    refused), every tensor's dtype, shape and data offsets from the header before any tensor is
+    touched, the CRC of the data section, and every layer (``radio._core.validate_layer``).
+
+    The tensors are memory-mapped, not copied: they are views into the file's pages (a private
+    map, so writing to them never changes the file), and only the permutations stored as u16 are
+    widened into new int32 tensors (``PackedLayer`` holds them as int32). Loading a model thus
+    needs about the file's size in memory, not twice it.
     """
     path = Path(path)
     if path.is_dir():
@@ -319,6 +326,9 @@ def read_packed_layers(path, verify_crc: bool = True) -> Tuple[Dict[str, PackedL
         raise FileNotFoundError(f"radio file not found: {path}")
     header, start = _read_header(path)
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: __metadata__ must be a JSON object, got "
+                         f"{type(meta).__name__}")
     if meta.get("format") != "radio":
         raise ValueError(f"{path} is not a radio file (metadata format={meta.get('format')!r}, "
                          f"expected 'radio')")
@@ -333,21 +343,20 @@ def read_packed_layers(path, verify_crc: bool = True) -> Tuple[Dict[str, PackedL
                          f"{FORMAT_VERSION}")
     try:
         attrs = json.loads(meta.get("layers", ""))
-    except ValueError:
+    except (ValueError, TypeError):
         raise ValueError(f"{path}: metadata 'layers' is not valid JSON") from None
     if not isinstance(attrs, dict):
         raise ValueError(f"{path}: metadata 'layers' must be a JSON object, got "
                          f"{type(attrs).__name__}")
     for name, a in attrs.items():
         _check_attributes(path, name, a)
+    _check_entries(path, header, path.stat().st_size - start, attrs)
     if verify_crc:
         crc = _data_crc(path, start)
         if meta.get("crc32") != crc:
             raise ValueError(f"{path}: CRC-32 of the data is {crc}, the header says "
                              f"{meta.get('crc32')!r}; the file is damaged")
-    from safetensors import safe_open
-
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
 
     try:
         layers = _read_layers(path, attrs, safe_open)
@@ -374,42 +383,123 @@ def _check_attributes(path: Path, name: str, a) -> None:
                          f"{a.get('has_bias')!r}")
 
 
-def _file_dtype(tensor: str, a: dict):
-    """The numpy dtype docs/format.md stores ``tensor`` of a layer with attributes ``a`` in."""
-    if tensor in ("row_perm", "col_perm"):
-        axis = a["out_features"] if tensor == "row_perm" else a["in_features"]
-        return np.dtype(np.uint16 if index_bytes(axis) == 2 else np.int32)
-    return np.dtype({"depth": np.uint8, "qweight": np.int32}.get(tensor, np.float16))
+_TENSORS = ("row_perm", "col_perm", "depth", "scale", "loc", "qweight", "bias")
+# safetensors dtype name -> (bytes per element, torch dtype), for the dtypes the format uses
+_FILE_DTYPES = {"U8": (1, torch.uint8), "U16": (2, torch.uint16), "F16": (2, torch.float16),
+                "I32": (4, torch.int32)}
+
+
+def _file_entry(tensor: str, a: dict) -> Tuple[str, Optional[tuple]]:
+    """(safetensors dtype, shape) docs/format.md stores ``tensor`` of a layer ``a`` with; the
+    shape of qweight is None here: its length depends on the depths (checked once they are read).
+    """
+    geometry = LayerGeometry(a["out_features"], a["in_features"], a["rows_per_group"])
+    n, c, u, kp = geometry.out_features, geometry.chunks, geometry.units, geometry.padded_in
+    perm = {"row_perm": n, "col_perm": geometry.in_features}
+    if tensor in perm:
+        dtype = "U16" if index_bytes(perm[tensor]) == 2 else "I32"
+        return dtype, (n,) if tensor == "row_perm" else (c, kp)
+    return {"depth": ("U8", (c, u)), "scale": ("F16", (c, kp)), "loc": ("F16", (c, kp)),
+            "qweight": ("I32", None), "bias": ("F16", (n,))}[tensor]
+
+
+def _check_entries(path: Path, header: dict, data_size: int, attrs: dict) -> None:
+    """Every tensor entry of the header against the layer attributes, before any data is used.
+
+    Names: exactly the tensors of the listed layers. dtype and shape: docs/format.md "Tensors".
+    data_offsets: within the data section, spanning exactly the tensor's bytes, and no two
+    tensors overlapping (the file is mapped and the tensors are views of it, so a bad offset
+    must never reach the reader).
+    """
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    wanted = {f"{name}.{t}" for name, a in attrs.items() for t in _TENSORS
+              if t != "bias" or a["has_bias"]}
+    for key in sorted(entries):
+        if key not in wanted:
+            layer, _, tensor = key.rpartition(".")
+            if tensor == "bias" and layer in attrs:
+                raise ValueError(f"{path}: {key} is present but layer {layer!r} says "
+                                 f"has_bias=false")
+            raise ValueError(f"{path}: tensor {key!r} is not a tensor of any layer listed in "
+                             f"metadata 'layers'")
+    spans = []
+    for name, a in attrs.items():
+        for tensor in _TENSORS:
+            key = f"{name}.{tensor}"
+            if key not in wanted:
+                continue
+            entry = entries.get(key)
+            if entry is None:
+                raise ValueError(f"{path}: layer {name!r} has no tensor {tensor!r}")
+            if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= set(entry)):
+                raise ValueError(f"{path}: {key}: the entry must be an object with dtype, shape "
+                                 f"and data_offsets, got {str(entry)[:200]}")
+            dtype, shape = _file_entry(tensor, a)
+            if entry["dtype"] != dtype:
+                raise ValueError(f"{path}: {key} must be {dtype}, got {entry['dtype']!r}")
+            seen = entry["shape"]
+            if not (isinstance(seen, list) and all(type(d) is int and d >= 0 for d in seen)):
+                raise ValueError(f"{path}: {key}: shape must be a list of non-negative "
+                                 f"integers, got {seen!r}")
+            if shape is None and len(seen) != 1:
+                raise ValueError(f"{path}: {key} must be 1-D, got shape {seen}")
+            if shape is not None and tuple(seen) != shape:
+                raise ValueError(f"{path}: {key} must have shape {shape} for layer "
+                                 f"attributes {a}, got {seen}")
+            offsets = entry["data_offsets"]
+            if not (isinstance(offsets, list) and len(offsets) == 2
+                    and all(type(o) is int for o in offsets)):
+                raise ValueError(f"{path}: {key}: data_offsets must be [begin, end], got "
+                                 f"{offsets!r}")
+            begin, end = offsets
+            if not 0 <= begin <= end <= data_size:
+                raise ValueError(f"{path}: {key}: data_offsets [{begin}, {end}] are not within "
+                                 f"the data section of {data_size} bytes")
+            nbytes = _FILE_DTYPES[dtype][0] * math.prod(seen)
+            if end - begin != nbytes:
+                raise ValueError(f"{path}: {key}: data_offsets [{begin}, {end}] span "
+                                 f"{end - begin} bytes, its dtype and shape need {nbytes}")
+            spans.append((begin, end, key))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ValueError(f"{path}: the data of {first} and {second} overlap")
+
+
+def _mapped(path: Path, f, key: str, dtype: str) -> torch.Tensor:
+    """``key`` as a tensor viewing the file's map; copied only when its bytes are misaligned for
+    the element type (the C++ writer packs tensors back to back, so e.g. an odd-length depth
+    shifts what follows; the core's C++ reads typed pointers, which must be aligned)."""
+    t = f.get_tensor(key)
+    if t.dtype != _FILE_DTYPES[dtype][1]:  # the header check has run: a reader disagreement
+        raise ValueError(f"{path}: {key} came back as {t.dtype}, expected {dtype}")
+    if t.data_ptr() % t.element_size() != 0:
+        t = t.clone()
+    return t
 
 
 def _read_layers(path: Path, attrs: dict, safe_open) -> Dict[str, PackedLayer]:
     layers: Dict[str, PackedLayer] = {}
-    tensors = ("row_perm", "col_perm", "depth", "scale", "loc", "qweight", "bias")
-    with safe_open(str(path), framework="np") as f:
-        names = set(f.keys())
-        stray = sorted(names - {f"{name}.{t}" for name in attrs for t in tensors})
-        if stray:
-            raise ValueError(f"{path}: tensor {stray[0]!r} is not a tensor of any layer listed "
-                             f"in metadata 'layers'")
+    # framework="pt" returns views of one private memory map of the file (no copies), unlike
+    # framework="np", which copies every tensor out of the map.
+    with safe_open(str(path), framework="pt") as f:
         for name, a in attrs.items():
-            d = dict(a)
-            for tensor in tensors:
-                key = f"{name}.{tensor}"
-                if tensor == "bias" and not a["has_bias"]:
-                    if key in names:
-                        raise ValueError(f"{path}: {key} is present but layer {name!r} says "
-                                         f"has_bias=false")
-                    continue
-                if key not in names:
-                    raise ValueError(f"{path}: layer {name!r} has no tensor {tensor!r}")
-                arr = f.get_tensor(key)
-                if arr.dtype != _file_dtype(tensor, a):
-                    raise ValueError(f"{path}: {key} must be {_file_dtype(tensor, a)}, got "
-                                     f"{arr.dtype}")
-                if tensor in ("scale", "loc", "bias"):
-                    arr = arr.view(np.uint16)
-                d[tensor] = arr
-            packed = PackedLayer.from_numpy_dict(d)
+            t = {tensor: _mapped(path, f, f"{name}.{tensor}", _file_entry(tensor, a)[0])
+                 for tensor in _TENSORS if tensor != "bias" or a["has_bias"]}
+            geometry = LayerGeometry(a["out_features"], a["in_features"], a["rows_per_group"])
+            depth = t["depth"].numpy()
+            if depth.size and int(depth.max()) > MAX_DEPTH:
+                raise ValueError(f"{path}: layer {name!r}: depth {int(depth.max())} is out of "
+                                 f"range 0..{MAX_DEPTH}")
+            words = geometry.qweight_words(depth)
+            if t["qweight"].numel() != words:
+                raise ValueError(f"{path}: layer {name!r}: qweight has {t['qweight'].numel()} "
+                                 f"words but the depths need {words}")
+            packed = PackedLayer(
+                a["out_features"], a["in_features"], a["rows_per_group"], a["quantizer"],
+                row_perm=t["row_perm"].to(torch.int32), col_perm=t["col_perm"].to(torch.int32),
+                depth=t["depth"], scale=t["scale"], loc=t["loc"], qweight=t["qweight"],
+                bias=t.get("bias"))
             validate_packed(packed)
             layers[name] = packed
     return layers
@@ -421,6 +511,11 @@ def load(path, device="cpu", verify_crc: bool = True) -> nn.Module:
     The transformers model is built on the meta device from config.json, its quantized layers
     are replaced by ``RadioLinear`` modules from model.safetensors and every other tensor is
     assigned from dense.safetensors. Returns the model in eval mode on ``device``.
+
+    On the CPU both files stay memory-mapped (privately: in-place changes to the model never
+    reach the files) and their pages are read as they are used. ``radio.save`` over the same
+    directory is safe (it writes new files and renames them into place); truncating or
+    rewriting the files in place while the model lives is not.
     """
     import transformers
 

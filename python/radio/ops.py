@@ -106,6 +106,27 @@ def _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_featu
         raise ValueError(f"qweight has {qweight.numel()} words; at most 2^31 - 1 are supported")
 
 
+def _check_qweight_words(qweight: torch.Tensor, depth: torch.Tensor, out_features: int,
+                         rows_per_group: int) -> None:
+    """qweight's length against what the depths need (docs/format.md "qweight layout").
+
+    Reads depth's values: on a CUDA depth that is one host sync, which is why ``prepare`` (once
+    per layer) always runs it and ``qlinear`` (per call) only on the CPU. Skipped where depth
+    holds no values (meta device, fake tensors, tracing under torch.compile). Call after
+    ``_check_layer`` (depth's shape must match the geometry).
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    if depth.device.type == "meta" or torch.compiler.is_compiling() or is_fake(depth):
+        return
+    chunks = depth.shape[0]
+    rows = torch.clamp(out_features - torch.arange(chunks, dtype=torch.int64, device="cpu")
+                       * rows_per_group, max=rows_per_group)
+    need = int((rows * depth.to("cpu", torch.int64).sum(dim=1)).sum())
+    if qweight.numel() != need:
+        raise ValueError(f"qweight has {qweight.numel()} words but the depths need {need}")
+
+
 def dequantize(qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
                depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
                out_features: int, in_features: int, rows_per_group: int,
@@ -342,6 +363,10 @@ def qlinear(x: torch.Tensor, *, qweight: torch.Tensor, scale: torch.Tensor, loc:
     code = _quantizer_code(quantizer)
     _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
                  in_features, rows_per_group, code)
+    # On the CPU the length check costs O(C * U) beside the O(N * K) dequantize: always run it.
+    # On CUDA it would be a host sync per call, so there prepare() (once per layer) runs it.
+    if depth.device.type == "cpu" and qweight.device.type == "cpu":
+        _check_qweight_words(qweight, depth, out_features, rows_per_group)
     return _qlinear_op(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
                        in_features, rows_per_group, code, unit_offset)
 
@@ -354,10 +379,13 @@ def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
 
     Call once per layer (after moving the tensors to their device) and keep the dict (or its
     ``unit_offset`` as a buffer); ``qlinear(x, **prepared)`` then does no per-call setup.
+    Besides the dtype/shape checks it checks qweight's length against the depths (one host sync
+    when depth is on a GPU), so the kernels never read past qweight.
     """
     code = _quantizer_code(quantizer)
     _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
                  in_features, rows_per_group, code)
+    _check_qweight_words(qweight, depth, out_features, rows_per_group)
     uoff = unit_offsets(depth, out_features, rows_per_group)
     return dict(qweight=qweight, scale=scale, loc=loc, depth=depth, row_perm=row_perm,
                 col_perm=col_perm, bias=bias, out_features=out_features,

@@ -363,14 +363,10 @@ ROWS = [
         ValueError, "rows_per_group must be a positive int", "-32"),
     row("qlinear/qweight-short",
         lambda e: ops.qlinear(e.x, **{**e.layer_kwargs, "qweight": e.packed.qweight[:10]}),
-        ValueError, "qweight has 10 words", "the depths need",
-        xfail="ops.qlinear/prepare check dtypes and shapes without host syncs, not the qweight "
-              "length against the depths (validate_packed does, for RadioLinear): the CPU path "
-              "raises IndexError and the CUDA kernels would read past qweight"),
+        ValueError, "qweight has 10 words", "the depths need"),  # CPU only: no per-call sync
     row("ops.prepare/qweight-short",
         lambda e: ops.prepare(**{**e.layer_kwargs, "qweight": e.packed.qweight[:10]}),
-        ValueError, "qweight has 10 words", "the depths need",
-        xfail="same gap in ops.prepare, which runs once per layer and could afford the check"),
+        ValueError, "qweight has 10 words", "the depths need"),
 
     # ---- radio._core ---------------------------------------------------------------------------
     row("_core.table/quantizer", lambda e: _core.table("gauss", 3), ValueError,

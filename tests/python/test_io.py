@@ -257,3 +257,136 @@ def test_saved_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
+
+
+# ------------------------------------------------------------------------------------------------
+# the loader maps the file instead of copying it
+# ------------------------------------------------------------------------------------------------
+
+def _file_map(path: Path):
+    """[start, end) address ranges where this process maps ``path`` (from /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path.resolve())):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_loaded_tensors_view_the_file_map_and_writes_stay_private(tmp_path):
+    model = fake_quantize(tiny_llama())
+    radio.save(model, tmp_path / "q")
+    path = tmp_path / "q" / "model.safetensors"
+    raw = path.read_bytes()
+    layers, _ = rio.read_packed_layers(path)
+    ranges = _file_map(path)
+    assert ranges, "the radio file is not memory-mapped"
+
+    def mapped(t):
+        return any(lo <= t.data_ptr() < hi for lo, hi in ranges)
+
+    header, start = rio._read_header(path)
+    views = copies = 0
+    for name, packed in layers.items():
+        for tensor, t in packed.tensors().items():
+            assert t.data_ptr() % t.element_size() == 0, (name, tensor)
+            file_aligned = (start + header[f"{name}.{tensor}"]["data_offsets"][0]) \
+                % t.element_size() == 0
+            if tensor in ("row_perm", "col_perm"):  # u16 in this file: widened to int32 copies
+                assert not mapped(t), (name, tensor)
+                continue
+            # a view of the map exactly where the file's bytes are aligned, else an aligned copy
+            assert mapped(t) == file_aligned, (name, tensor, file_aligned)
+            views += file_aligned
+            copies += not file_aligned
+    assert views > 0 and copies > 0, (views, copies)  # both cases occur in this file
+    # the map is private: writing to a loaded tensor leaves the file as it was
+    viewed = [p.qweight for p in layers.values() if mapped(p.qweight)]
+    assert viewed
+    viewed[0].fill_(0)
+    assert path.read_bytes() == raw
+
+
+def test_misaligned_tensors_load_bit_identically(tmp_path):
+    """Odd depth sizes shift the following tensors off their alignment: copied, same values."""
+    model = fake_quantize(tiny_llama(), gs=24)  # 96 rows / 24 = 4 chunks; 64 rows -> 3 chunks
+    layers = {n: m.to_packed() for n, m in model.named_modules() if isinstance(m, RadioLinear)}
+    odd = [n for n, p in layers.items() if p.depth.numel() % 2]
+    assert odd, "the test needs a layer with an odd number of depth bytes"
+    rio._write_radio_file(tmp_path / "r.safetensors", layers)
+    ours, _ = rio.read_packed_layers(tmp_path / "r.safetensors")
+    for name, packed in layers.items():
+        for tensor, t in packed.tensors().items():
+            loaded = ours[name].tensors()[tensor]
+            assert loaded.data_ptr() % loaded.element_size() == 0, (name, tensor)
+            assert loaded.dtype == t.dtype and torch.equal(loaded, t), (name, tensor)
+    loaded = radio.load(radio.save(model, tmp_path / "q"))
+    assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+
+
+def _rewrite_header(path: Path, change) -> None:
+    """Edits the JSON header of a safetensors file in place; the CRC stays valid (data kept)."""
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda h, k: h[k + ".qweight"].update(dtype="F32"), ["qweight must be I32", "'F32'"]),
+    (lambda h, k: h[k + ".depth"].update(shape=[3, 3]), ["depth must have shape (2, 2)",
+                                                         "[3, 3]"]),
+    (lambda h, k: h[k + ".qweight"].update(shape=[7]), ["data_offsets", "span",
+                                                        "its dtype and shape need 28"]),
+    (lambda h, k: h[k + ".loc"].update(data_offsets=h[k + ".scale"]["data_offsets"]),
+     ["overlap"]),
+    (lambda h, k: h[k + ".qweight"].update(data_offsets=[0, 1 << 40]),
+     ["not within the data section"]),
+    (lambda h, k: h.pop(k + ".col_perm"), ["has no tensor 'col_perm'"]),
+    (lambda h, k: h.update({k + ".extra": h[k + ".depth"]}), ["is not a tensor of any layer"]),
+], ids=["dtype", "shape", "size", "overlap", "outside", "missing", "stray"])
+def test_header_checked_before_the_data_is_touched(tmp_path, edit, words):
+    radio.save(fake_quantize(tiny_llama()), tmp_path / "q")
+    path = tmp_path / "q" / "model.safetensors"
+    _rewrite_header(path, lambda h: edit(h, "model.layers.0.self_attn.q_proj"))
+    with pytest.raises(ValueError) as info:
+        rio.read_packed_layers(path)
+    message = str(info.value)
+    assert "model.safetensors" in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_qweight_length_against_the_depths(tmp_path, monkeypatch):
+    """A self-consistent header whose qweight is one word short of what the depths need."""
+    model = fake_quantize(tiny_llama())
+    layers = {n: m.to_packed() for n, m in model.named_modules() if isinstance(m, RadioLinear)}
+    name = "model.layers.0.self_attn.q_proj"
+    short = layers[name]
+    need = short.qweight.numel()
+    layers[name] = PackedLayer(short.out_features, short.in_features, short.rows_per_group,
+                               short.quantizer, short.row_perm, short.col_perm, short.depth,
+                               short.scale, short.loc, short.qweight[:-1].clone(), short.bias)
+    # the C++ writer refuses such a layer: write it through the safetensors fallback
+    monkeypatch.delattr(radio._core, "save", raising=False)
+    rio._write_radio_file(tmp_path / "short.safetensors", layers)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=f"qweight has {need - 1} words but the depths need "
+                                         f"{need}"):
+        rio.read_packed_layers(tmp_path / "short.safetensors")
+
+
+def test_loaded_model_saves_over_its_own_directory(tmp_path):
+    """The loaded tensors view model.safetensors; saving to the same path writes a new file and
+    renames it into place, so the views (the old inode) stay valid during and after the save."""
+    model = fake_quantize(tiny_llama())
+    expected = model(IDS).logits
+    loaded = radio.load(radio.save(model, tmp_path / "q"))
+    radio.save(loaded, tmp_path / "q")
+    assert torch.equal(loaded(IDS).logits, expected)
+    assert torch.equal(radio.load(tmp_path / "q")(IDS).logits, expected)
