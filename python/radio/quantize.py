@@ -18,6 +18,10 @@ One run:
 With ``checkpoint_dir``, the state after every round but the last is saved there
 (``radio.checkpoint``), and a later call for the same job resumes after the last saved round.
 
+Under ``torch.distributed`` (``radio.distributed``), every rank runs this same loop on its share
+of each round's sequences; the statistics are summed over the ranks before the allocation, which
+rank 0 solves and broadcasts.
+
 All per-round work (statistics, grouping, quantization) is vectorised torch on the model's
 device, layer by layer; only the solver and the final bit packing run on the CPU.
 """
@@ -29,6 +33,7 @@ import os
 import sys
 import time
 import types
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import calibration, checkpoint, grouping, layer, sensitivity, torch_quant
+from . import calibration, checkpoint, distributed, grouping, layer, sensitivity, torch_quant
 from .config import QuantConfig
 from .format import LayerGeometry, PackedLayer
 from .report import QuantReport
@@ -319,14 +324,23 @@ class _Session:
         cov = None
         bar = tqdm(total=count, desc="radio: output covariance", unit="seq",
                    disable=not self.progress, leave=False)
-        for start in range(0, count, micro_batch):
-            tokens = calib.tokens[start:min(start + micro_batch, count)].to(self.device)
+        mine = distributed.my_indices(count)  # all of them in a single process
+        for start in range(0, len(mine), micro_batch):
+            tokens = calib.tokens[mine[start:start + micro_batch]].to(self.device)
             h = output_fn(tokens)
             if cov is None:
                 cov = sensitivity.OutputCovariance(h.shape[-1], h.device)
             cov.add(h)
             bar.update(tokens.shape[0])
         bar.close()
+        if distributed.is_distributed():
+            # Rank 0 always has sequence 0; a rank without sequences adds zeros.
+            dim = distributed.broadcast_object(None if cov is None else cov.sum.numel())
+            if cov is None:
+                cov = sensitivity.OutputCovariance(dim, self.device)
+            count_sum = torch.tensor([float(cov.count)], dtype=torch.float64)
+            distributed.all_reduce_sum([cov.sum, cov.outer, count_sum])
+            cov.count = int(count_sum.item())
         covariance = cov.covariance()
         if self.head_name is None:
             return sensitivity.principal_directions(covariance, cfg.pca_components)
@@ -337,7 +351,7 @@ class _Session:
 
     # -- one round ------------------------------------------------------------------------------
     def backprop(self, tokens: torch.Tensor, directions: torch.Tensor, positions, output_fn,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, signs: Optional[torch.Tensor] = None) -> None:
         for state in self.states:
             state.collect = True
         self.clock.step += 1
@@ -345,7 +359,8 @@ class _Session:
         try:
             with torch.enable_grad():
                 sensitivity.backpropagate(output_fn, tokens, directions, positions,
-                                          self.config.estimator, generator, head=head)
+                                          self.config.estimator, generator, head=head,
+                                          signs=signs)
         finally:
             for state in self.states:
                 state.collect = False
@@ -423,8 +438,19 @@ class _Session:
             for i, state in enumerate(batch):
                 state.g2_sum, state.row_perm, state.stats = g2_sum[i], new_perm[i], stats[i]
         t = time.perf_counter()
-        alloc = layer.allocate([s.stats for s in self.states], rounding=cfg.rounding,
-                               max_depth=cfg.max_depth, **target)
+        # Solved once (rank 0) and broadcast; an error there is raised on every rank.
+        alloc = None
+        if distributed.is_main():
+            try:
+                alloc = layer.allocate([s.stats for s in self.states], rounding=cfg.rounding,
+                                       max_depth=cfg.max_depth, **target)
+            except Exception as error:  # noqa: BLE001 - re-raised below, on every rank
+                if not distributed.is_distributed():
+                    raise
+                alloc = error
+        alloc = distributed.broadcast_object(alloc)
+        if isinstance(alloc, Exception):
+            raise alloc
         return alloc, time.perf_counter() - t
 
     @torch.no_grad()
@@ -638,7 +664,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         config = QuantConfig.for_device(device)
     elif not isinstance(config, QuantConfig):
         raise ValueError(f"config must be a radio.QuantConfig, got {type(config).__name__}")
-    progress = config.progress
+    progress = config.progress and distributed.is_main()
     target_text, target = _describe_target(bits, size, max_distortion)
 
     targets = find_target_layers(model, filter_fn, config.include_lm_head)
@@ -716,18 +742,37 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                    desc="radio: calibration rounds", unit="seq", disable=not progress)
         alloc = None
         packed: Dict[str, PackedLayer] = {}
+        per_round = config.sequences_per_round
+        # The round's sequences in micro-batches, the same at any number of processes: one
+        # random-sign backward pass squares the gradient SUM of its micro-batch, so the
+        # statistics depend on how sequences are batched, not on which rank runs a batch.
+        micro_batches = [list(range(i, min(i + micro, per_round)))
+                         for i in range(0, per_round, micro)]
+        if len(micro_batches) < distributed.world_size() and distributed.is_main():
+            warnings.warn(f"{len(micro_batches)} micro-batches of {micro} sequences per round "
+                          f"for {distributed.world_size()} processes: some ranks stay idle; set "
+                          "QuantConfig.micro_batch (the same at every scale) lower",
+                          stacklevel=2)
         for r in range(first_round, config.rounds):
             t0 = _now(device)
+            # The whole round's signs from the shared generator (torch draws them element by
+            # element: the same values as per micro-batch): sequence j of the round gets row j
+            # on whichever rank runs it.
+            round_signs = (sensitivity.rademacher((per_round, positions.numel()), generator)
+                           if config.estimator == "random_sign" else None)
+            distributed.clear_local_statistics(session.states)
             done = 0
-            while done < config.sequences_per_round:
-                b = min(micro, config.sequences_per_round - done)
-                ids = [(seq_counter + j) % len(calib_set) for j in range(b)]
-                dirs = directions[[(seq_counter + j) % n_dir for j in range(b)]]
+            for m in distributed.my_indices(len(micro_batches)):  # micro-batch m: rank m % world
+                chunk = micro_batches[m]
+                ids = [(seq_counter + j) % len(calib_set) for j in chunk]
+                dirs = directions[[(seq_counter + j) % n_dir for j in chunk]]
                 session.backprop(calib_set.tokens[ids].to(device), dirs, positions, output_fn,
-                                 generator)
-                seq_counter += b
-                done += b
-                bar.update(b)
+                                 generator, None if round_signs is None else round_signs[chunk])
+                bar.update(len(chunk))
+                done += len(chunk)
+            distributed.all_reduce_states(session.states)
+            bar.update(per_round - done)
+            seq_counter += per_round
             t1 = _now(device)
             alloc, solver_seconds = session.plan(target, batches)
             t2 = _now(device)
@@ -748,10 +793,12 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                             D=f"{alloc.relative_distortion:.3g}")
             if job is not None and not final:
                 t4 = time.perf_counter()
-                checkpoint.save(checkpoint_dir, job, checkpoint.RoundState.capture(
-                    r + 1, seq_counter, session.clock.step, generator, directions, history,
-                    {"backprop": t_backprop, "plan": t_plan, "solver": t_solver,
-                     "quant": t_quant}, session.states))
+                if distributed.is_main():  # every rank holds the same state: saved once
+                    checkpoint.save(checkpoint_dir, job, checkpoint.RoundState.capture(
+                        r + 1, seq_counter, session.clock.step, generator, directions, history,
+                        {"backprop": t_backprop, "plan": t_plan, "solver": t_solver,
+                         "quant": t_quant}, session.states))
+                distributed.barrier()
                 t_save += time.perf_counter() - t4
         bar.close()
         seconds["backprop"] = t_backprop
@@ -760,6 +807,11 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         seconds["quantization"] = t_quant
         if job is not None:
             seconds["checkpoints"] = t_save
+        if distributed.is_distributed():
+            # Every rank quantized the same statistics at the same depths; rank 0's packed
+            # layers are the answer on every rank, whatever the ranks' rounding did.
+            for state in session.states:
+                distributed.broadcast_tensors(list(packed[state.name].tensors().values()))
         session.finish(packed)
     except BaseException:
         session.restore()
@@ -777,7 +829,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         calibration=calib_set.describe(), device=str(device), seconds=seconds,
         solver=alloc.report, history=history)
     model.radio_report = report
-    if verbose:
+    if verbose and distributed.is_main():
         print(report)
     return model
 

@@ -245,13 +245,16 @@ def rademacher(shape, generator: torch.Generator) -> torch.Tensor:
 def backpropagate(output_fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,
                   directions: torch.Tensor, positions: torch.Tensor, estimator: str,
                   generator: torch.Generator,
-                  head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+                  head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                  signs: Optional[torch.Tensor] = None) -> None:
     """One forward pass of ``tokens`` [b, T] and the backward pass(es) of the projected outputs.
 
     ``directions`` [b, D]: the unit direction of every sequence in the space of the projected
     output: hidden states, or logits when ``head`` maps the sampled hidden states to logits
     (``u_k = W a_k`` of ``logit_directions``). The probes add the squared gradients to their
-    layers' statistics.
+    layers' statistics. ``signs`` [b, n]: the Rademacher signs of ``random_sign`` when drawn
+    beforehand (a whole round at once, so that each sequence gets the same signs however the
+    round is split into micro-batches or processes); ``None`` draws them from ``generator``.
     """
     hidden = output_fn(tokens)  # [b, T, D]
     picked = hidden[:, positions.to(hidden.device)]  # [b, n, D]
@@ -259,7 +262,12 @@ def backpropagate(output_fn: Callable[[torch.Tensor], torch.Tensor], tokens: tor
         picked = head(picked)  # [b, n, V] logits of the sampled tokens
     proj = torch.einsum("bnd,bd->bn", picked.float(), directions.to(picked.device))
     if estimator == "random_sign":
-        signs = rademacher(proj.shape, generator).to(proj.device)
+        if signs is None:
+            signs = rademacher(proj.shape, generator)
+        elif tuple(signs.shape) != tuple(proj.shape):
+            raise ValueError(f"signs must have the projected outputs' shape {tuple(proj.shape)}, "
+                             f"got {tuple(signs.shape)}")
+        signs = signs.to(proj.device)
         (proj * signs).sum().backward()
     elif estimator == "per_token":
         flat = proj.reshape(-1)

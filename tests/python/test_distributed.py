@@ -1,0 +1,96 @@
+"""Same answer at any scale (issue 7, item 3): radio.quantize under torch.distributed with 2 and 4
+CPU processes (gloo) gives the single-process bit allocation and outputs.
+
+Each child process quantizes the same tiny random Llama with the same seed and calibration
+tokens; every rank writes its depths and its logits on fixed tokens (safetensors). Compared to
+the single-process run: identical depths, logits within rtol 1e-4 (the statistics are summed in
+another order); and every rank holds rank 0's model exactly (its packed layers are broadcast).
+"""
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+from radio.config import QuantConfig  # noqa: E402
+from radio.nn import RadioLinear  # noqa: E402
+from radio.quantize import quantize  # noqa: E402
+
+VOCAB = 128
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def tiny_llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   vocab_size=VOCAB, max_position_embeddings=64)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def config(micro_batch: int) -> QuantConfig:
+    # 4 sequences per round in micro-batches of ``micro_batch``, dealt to the ranks: 2 ranks
+    # with 2 sequences in one backward pass each, or 4 ranks with one each.
+    return QuantConfig.cpu(rounds=2, sequences_per_round=4, micro_batch=micro_batch, seq_len=16,
+                           tokens_per_sequence=5, rows_per_group=16, pca_components=8,
+                           pca_sequences=6, calib_sequences=6, progress=False)
+
+
+def calib_tokens() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (6, 16), generator=torch.Generator().manual_seed(1))
+
+
+def run_quantize(micro_batch: int) -> dict:
+    """Quantize the tiny model; its depths per layer and logits on fixed tokens."""
+    model = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(micro_batch),
+                     verbose=False)
+    out = {f"depth/{name}": m.to_packed().depth.contiguous()
+           for name, m in model.named_modules() if isinstance(m, RadioLinear)}
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out["logits"] = model(input_ids=tokens).logits.float().contiguous()
+    return out
+
+
+def _worker(rank: int, world: int, micro_batch: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        result = run_quantize(micro_batch)
+        safetensors_torch.save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def single_process(micro_batch: int) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_quantize(micro_batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("world, micro_batch", [(2, 2), (4, 1)])
+def test_same_answer_on_several_processes(world, micro_batch, tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    single = single_process(micro_batch)
+    torch.multiprocessing.spawn(_worker, args=(world, micro_batch, str(tmp_path / "init"),
+                                               str(tmp_path)),
+                                nprocs=world, join=True, start_method="spawn")
+    results = [safetensors_torch.load_file(str(tmp_path / f"rank{r}.safetensors"))
+               for r in range(world)]
+    depth_keys = sorted(k for k in single if k.startswith("depth/"))
+    assert len(depth_keys) == 14  # 7 linear layers in each of the 2 blocks
+    assert sorted(k for k in results[0] if k.startswith("depth/")) == depth_keys
+    for key in depth_keys:  # the same bit allocation, unit by unit
+        assert torch.equal(results[0][key], single[key]), key
+    torch.testing.assert_close(results[0]["logits"], single["logits"], rtol=RTOL, atol=ATOL)
+    for r in range(1, world):  # every rank ends with rank 0's model, exactly
+        for key, value in results[0].items():
+            assert torch.equal(results[r][key], value), (r, key)
