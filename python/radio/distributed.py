@@ -13,6 +13,19 @@ of the sums.
 
 Every function here is a no-op (or the identity) without an initialised process group, so the
 single-process path does not change.
+
+Use (``torchrun --nproc_per_node 4 job.py``; gloo on CPUs, NCCL on GPUs)::
+
+    torch.distributed.init_process_group("gloo")
+    model = radio.quantize(model, bits=4, calib=tokens, config=radio.QuantConfig.cpu(
+        micro_batch=1))          # same micro_batch at every scale: same answer
+    if torch.distributed.get_rank() == 0:
+        radio.save(model, "out/model-4bpw")   # saved once
+
+For the same answer at every scale, the micro-batches must be the same: set
+``QuantConfig.micro_batch`` (otherwise it follows each device's memory). The calibration data
+(incl. self-generated sequences) is prepared on every rank alike; the weights are not sharded
+(each rank holds the whole model).
 """
 from __future__ import annotations
 
