@@ -2,14 +2,14 @@
 
 When the user (or ``torchrun``) has called ``torch.distributed.init_process_group``, the round
 loop splits every round's calibration sequences across the ranks (micro-batch ``m`` of the round
-to rank ``m % world``: the micro-batches are those of the single-process run, since one
-random-sign backward pass squares the gradient sum of its micro-batch), sums the per-group
-statistics of all ranks with ``all_reduce`` in float64, solves the bit allocation once on
-rank 0 and broadcasts it, quantizes on every rank (a deterministic function of the identical
-statistics and depths) and finally broadcasts rank 0's packed layers, so that every rank ends with exactly rank 0's model. The random signs of each
-sequence are those of the single-process run (drawn for the whole round from the shared seed),
-so 1, 2 or 4 processes give the same bit allocation and the same outputs within float rounding
-of the sums.
+to rank ``m % world``: the micro-batches are those of the single-process run, since one random-
+sign backward pass squares the gradient sum of its micro-batch), sums the per-group statistics
+of all ranks with ``all_reduce`` in float64, solves the bit allocation once on rank 0 and
+broadcasts it, quantizes on every rank (a deterministic function of the identical statistics and
+depths) and finally broadcasts rank 0's packed layers, so that every rank ends with exactly rank
+0's model. The random signs of each sequence are those of the single-process run (drawn for the
+whole round from the shared seed), so 1, 2 or 4 processes give the same bit allocation and the
+same outputs within float rounding of the sums.
 
 Every function here is a no-op (or the identity) without an initialised process group, so the
 single-process path does not change.
