@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         return merge(args.merge, args.out)
     if args.quick:
         args.bits, args.variant_bits = [3.0, 4.0], [3.0]
-        args.distortions = args.distortions[:2]
+        args.distortions = args.distortions[:3]
         args.rounds, args.sequences_per_round, args.seq_len = 2, 2, 256
         args.calib_sequences, args.ctx, args.max_windows, args.eval_batch = 8, 256, 4, 1
     args.out.mkdir(parents=True, exist_ok=True)
