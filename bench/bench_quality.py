@@ -56,7 +56,7 @@ def radio_config(args, **overrides):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bits", type=float, nargs="+", default=[2.5, 3.0, 3.25, 3.5, 4.0, 4.25])
+    p.add_argument("--bits", type=float, nargs="*", default=[2.5, 3.0, 3.25, 3.5, 4.0, 4.25])
     p.add_argument("--variant-bits", type=float, nargs="+", default=[3.25],
                    help="rates at which radio's variants are also run")
     p.add_argument("--distortions", type=float, nargs="+", default=[0.02, 0.01, 0.005, 0.0025],
@@ -80,9 +80,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
-    if args.quick:
-        args.bits, args.variant_bits = [3.0, 4.0], [3.0]
-        args.distortions = args.distortions[:3]
+    if args.quick:  # smaller lists, unless given on the command line
+        if args.bits == p.get_default("bits"):
+            args.bits = [3.0, 4.0]
+        if args.variant_bits == p.get_default("variant_bits"):
+            args.variant_bits = [3.0]
+        if args.distortions == p.get_default("distortions"):
+            args.distortions = args.distortions[:3]
         args.rounds, args.sequences_per_round, args.seq_len = 2, 2, 256
         args.calib_sequences, args.ctx, args.max_windows, args.eval_batch = 8, 256, 4, 1
     args.out.mkdir(parents=True, exist_ok=True)
