@@ -7,13 +7,7 @@ import torch
 from radio import _core, grouping, torch_quant
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: torch's thread pool only adds contention for these small tensors.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_layer(seed, n, k, gs, heavy=True):
