@@ -38,6 +38,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import sensitivity
+from .io import fsync_path
 
 __all__ = ["RoundState", "job_description", "save", "load", "STATE_FILE"]
 
@@ -141,14 +142,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tensor_file(rounds_done: int) -> str:
     return f"round-{rounds_done:04d}.safetensors"
 
@@ -168,7 +161,7 @@ def save(directory, job: dict, state: RoundState) -> Path:
     name = _tensor_file(state.rounds_done)
     tmp = directory / f".{name}.tmp-{os.getpid()}"
     save_file(tensors, str(tmp))
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, directory / name)
     record = {"format": FORMAT, "version": VERSION, "job": job,
               "rounds_done": state.rounds_done, "seq_counter": state.seq_counter,
@@ -178,7 +171,7 @@ def save(directory, job: dict, state: RoundState) -> Path:
     final = directory / STATE_FILE
     tmp = directory / f".{STATE_FILE}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=1))
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, final)  # the commit point
     for old in directory.glob("round-*.safetensors"):
         if old.name != name:

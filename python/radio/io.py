@@ -93,9 +93,9 @@ def save(model: nn.Module, path, tokenizer=None, report=None) -> Path:
         os.umask(umask)
         for f in tmp.iterdir():
             f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
-            _fsync_path(f)
+            fsync_path(f)
         tmp.chmod(0o777 & ~umask)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -264,7 +264,8 @@ def _write_dense_file(path: Path, dense: Dict[str, torch.Tensor]) -> None:
     save_file(dense, str(path), metadata={"format": "radio-dense"})
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk (also used by radio.checkpoint)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
     try:
         os.fsync(fd)
@@ -300,7 +301,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         os.rename(target, old)
         os.rename(tmp, target)
         shutil.rmtree(old)
-    _fsync_path(target.parent)
+    fsync_path(target.parent)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch, re
                                                        uninterrupted):
     """A crash between the new tensor file and the commit of checkpoint.json: the previous
     round's checkpoint stays valid and the resume from it still ends identical."""
-    original = checkpoint._fsync
+    original = checkpoint.fsync_path
     state = {"saves": 0}
 
     def fsync(path):
@@ -158,7 +158,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch, re
                 raise InjectedCrash("injected crash before committing round 2")
         original(path)
 
-    monkeypatch.setattr(checkpoint, "_fsync", fsync)
+    monkeypatch.setattr(checkpoint, "fsync_path", fsync)
     with pytest.raises(InjectedCrash):
         run(copy.deepcopy(reference), tmp_path)
     monkeypatch.undo()
