@@ -13,8 +13,9 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
+from torch import nn
 
-__all__ = ["perplexity", "tokenize", "model_max_length"]
+__all__ = ["perplexity", "tokenize", "model_max_length", "dense_linear", "materialize_dense"]
 
 
 def model_max_length(model) -> Optional[int]:
@@ -128,3 +129,51 @@ def perplexity(model, text_or_ids: Union[str, torch.Tensor, Sequence[int]], ctx:
     finally:
         model.train(was_training)
     return math.exp(total_nll / total_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense evaluation copies of radio models
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def dense_linear(module) -> nn.Linear:
+    """An ``nn.Linear`` holding the weight a ``radio.nn.RadioLinear`` reconstructs.
+
+    The weight is ``radio.ops.dequantize`` of the module's packed tensors (the plain-torch
+    reference twin the CUDA kernels are tested against, docs/format.md), computed once in float32
+    and cast to the module's activation dtype (float32 when it has none), as is the f16 bias.
+    ``y = x @ W.T + b`` through it is what the op computes, up to the order of the sums; the
+    weight then costs dense memory, which is why this is for evaluation only.
+    """
+    from . import ops
+    from .nn import RadioLinear
+
+    if not isinstance(module, RadioLinear):
+        raise ValueError(f"dense_linear expects a radio.nn.RadioLinear, got {type(module).__name__}")
+    dtype = module.dtype or torch.float32
+    weight = ops.dequantize(module.qweight, module.scale, module.loc, module.depth,
+                            module.row_perm, module.col_perm, module.out_features,
+                            module.in_features, module.rows_per_group, module.quantizer)
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                       device=weight.device, dtype=dtype)
+    linear.weight.copy_(weight.to(dtype))
+    if module.bias is not None:
+        linear.bias.copy_(module.bias.to(dtype))
+    return linear.requires_grad_(False)
+
+
+def materialize_dense(model: nn.Module) -> int:
+    """Replace every ``RadioLinear`` of ``model`` by its ``dense_linear``, in place.
+
+    Evaluating a quantized model this way runs each layer as one dense GEMM instead of
+    dequantizing the packed weight on every call: the same numbers, much faster for long
+    evaluations (the kernels have their own correctness tests). Returns how many were replaced.
+    """
+    from .nn import RadioLinear
+
+    names = [name for name, m in model.named_modules() if isinstance(m, RadioLinear)]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, dense_linear(getattr(parent, child)))
+    return len(names)
