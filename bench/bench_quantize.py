@@ -3,14 +3,21 @@
     python3 bench/bench_quantize.py smollm2            # the real SmolLM2-135M, default settings
     python3 bench/bench_quantize.py llama2-7b-shapes   # Llama-2-7B's layer shapes, random fp16 weights
     python3 bench/bench_quantize.py tiny --rounds 2    # a smoke run that works on a CPU
+    python3 bench/bench_quantize.py llama2-13b-shapes --offload --rounds 2   # bigger than 24 GB:
+        # weights in host memory, streamed to the GPU block by block (radio.quantize offload=True)
 
 The weights' values do not change the time (the work per round is the same for any values), so
-the 7B-shaped model is built from its configuration with random weights, in fp16, on the GPU.
-Prints wall time per phase, peak GPU memory (torch.cuda.max_memory_allocated) and peak host RSS.
+the shaped models are built from their configuration with random weights, in fp16: on the GPU,
+or with --offload in host memory (random values drawn on the GPU one tensor at a time and copied
+out, so that the GPU never holds the whole model). They calibrate on fixed random token ids
+(CALIB_ROWS sequences of the preset's length): sampling text from the model would dominate the
+time (and cannot be done from a streamed model). Prints wall time per phase and per round, peak
+GPU memory (allocated and reserved), peak host RSS and the model's size.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -21,17 +28,55 @@ import torch
 import radio
 
 
-def build(name: str, device: str):
+CALIB_ROWS = 64  # random calibration sequences of the shaped models (rounds cycle over them)
+SHAPES = {
+    "llama2-7b-shapes": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=32),
+    "llama2-13b-shapes": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                              num_attention_heads=40, num_key_value_heads=40),
+}
+MODELS = ["smollm2", *SHAPES, "tiny"]
+
+
+def _no_init_weights():
+    """transformers' context that skips weight initialisation (its location moved between
+    versions); without it the model is initialised normally, only slower."""
+    for where in ("transformers.initialization", "transformers.modeling_utils"):
+        try:
+            module = __import__(where, fromlist=["no_init_weights"])
+            return module.no_init_weights()
+        except (ImportError, AttributeError):
+            continue
+    return contextlib.nullcontext()
+
+
+def build_in_host_memory(cfg, dtype):
+    """The model in host memory with random weights (matrices ~ N(0, 0.02^2), norms at one),
+    drawn on the GPU one tensor at a time when there is one (a 13B model on the CPU's random
+    generator takes minutes)."""
+    import transformers
+
+    with _no_init_weights():
+        model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
+    gen = torch.Generator(device="cuda" if torch.cuda.is_available() else "cpu").manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen, device=gen.device, dtype=dtype)
+                        .mul_(0.02))
+    return model.eval()
+
+
+def build(name: str, device: str, offload: bool = False):
     import transformers
 
     if name == "smollm2":
         from radio.models import load_smollm2
         model, _ = load_smollm2(dtype=torch.float32, device=device)
         return model
-    if name == "llama2-7b-shapes":
-        cfg = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                       num_attention_heads=32, num_key_value_heads=32,
-                                       vocab_size=32000, max_position_embeddings=4096)
+    if name in SHAPES:
+        cfg = transformers.LlamaConfig(**SHAPES[name], vocab_size=32000,
+                                       max_position_embeddings=4096)
         dtype = torch.float16
     elif name == "tiny":
         cfg = transformers.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -39,7 +84,9 @@ def build(name: str, device: str):
                                        max_position_embeddings=512)
         dtype = torch.float32
     else:
-        raise ValueError(f"model must be smollm2, llama2-7b-shapes or tiny, got {name!r}")
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    if offload:
+        return build_in_host_memory(cfg, dtype)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
     return model.eval()
@@ -47,23 +94,36 @@ def build(name: str, device: str):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=["smollm2", "llama2-7b-shapes", "tiny"])
+    p.add_argument("model", choices=MODELS)
     p.add_argument("--bits", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=None, help="override the preset's rounds")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--offload", action="store_true",
+                   help="keep the model in host memory and stream it to the GPU block by block "
+                        "(radio.quantize offload=True); on a machine without a GPU the same "
+                        "FSDP path runs with the CPU as the device (a smoke test)")
     args = p.parse_args(argv)
+    if args.offload and args.model == "smollm2":
+        p.error("--offload is for the random-weight models (shaped or tiny)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
-    model = build(args.model, device)
+    model = build(args.model, device, offload=args.offload)
     build_seconds = time.perf_counter() - t0
+    model_gib = sum(t.numel() * t.element_size() for t in model.parameters()) / 2**30
     config = radio.QuantConfig.for_device(device)
     if args.rounds is not None:
         config = radio.QuantConfig.for_device(device, rounds=args.rounds)
+    calib = None
+    if args.model != "smollm2":
+        seq_len = config.resolved_seq_len(model.config.max_position_embeddings)
+        calib = torch.randint(0, model.config.vocab_size, (CALIB_ROWS, seq_len),
+                              generator=torch.Generator().manual_seed(0))
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    radio.quantize(model, bits=args.bits, config=config, verbose=False)
+    radio.quantize(model, bits=args.bits, calib=calib, config=config, verbose=False,
+                   offload=(True if device == "cuda" else "cpu") if args.offload else False)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -74,6 +134,9 @@ def main(argv=None) -> int:
         "target_bits": args.bits, "bits_per_weight": rep.bits_per_weight,
         "quantized_weights": rep.total_weights, "quantize_seconds": seconds,
         "phases": rep.seconds, "build_seconds": build_seconds,
+        "seconds_per_round": [round(h["seconds"], 3) for h in rep.history],
+        "offload": args.offload, "model_gib": model_gib,
+        "calibration": "random token ids" if calib is not None else "sampled from the model",
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "peak_gpu_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device == "cuda"
                                   else None),

@@ -42,6 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import calibration, checkpoint, distributed, grouping, layer, sensitivity, torch_quant
+from . import offload as streaming
 from .config import QuantConfig
 from .format import LayerGeometry, PackedLayer
 from .report import QuantReport
@@ -150,11 +151,16 @@ def _extract_hidden(out) -> torch.Tensor:
                      "tensor, a tuple or a model output with last_hidden_state / logits")
 
 
+def _output_root(model: nn.Module) -> nn.Module:
+    """The module the calibration calls: an HF causal LM's ``base_model``, else the model."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
 def _output_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """tokens [b, T] -> final hidden states [b, T, D] (the LM head's input) of HF causal LMs
     (their ``base_model``), or the output of any other model."""
-    base = getattr(model, "base_model", None)
-    target = base if isinstance(base, nn.Module) else model
+    target = _output_root(model)
 
     def run(tokens: torch.Tensor) -> torch.Tensor:
         try:
@@ -242,7 +248,11 @@ class _Session:
         self._copy_stream = None
 
     # -- install / restore ----------------------------------------------------------------------
-    def install(self, offload: bool, has_bias: bool) -> None:
+    def install(self, offload: bool, has_bias: bool, streamed: bool = False) -> None:
+        """Replace the target layers by probes. ``offload``: originals in host memory.
+        ``streamed`` (``quantize(offload=True)``): the model is in host memory and will be
+        streamed by FSDP; the originals are the model's own tensors (no copy), every probe owns
+        its working weight as a parameter, and the statistics live on the compute device."""
         cfg = self.config
         target_ids = {id(m) for _, m in self.targets}
         # Weights shared with a module we do not replace (tied embeddings) must not be
@@ -254,6 +264,9 @@ class _Session:
         self.model.eval()
         for name, module in self.targets:
             w = module.weight.detach()
+            if streamed:
+                self._install_streamed(name, module, w, has_bias)
+                continue
             if offload:
                 original = w.to("cpu", copy=True)
                 if w.is_cuda:
@@ -283,6 +296,39 @@ class _Session:
             self.probes[name] = probe
             _set_submodule(self.model, name, probe)
         self._installed = True
+
+    def _install_streamed(self, name: str, module: nn.Linear, w: torch.Tensor,
+                          has_bias: bool) -> None:
+        cfg, dev = self.config, self.device
+        n, k = w.shape
+        gs = cfg.rows_per_group_for(n)
+        row_var = grouping.row_log2_variance(w.to(dev))
+        bias = module.bias.detach().to(dev, copy=True) if module.bias is not None else \
+            torch.zeros(n, dtype=w.dtype, device=dev)
+        state = sensitivity.LayerState(
+            name=name, module=module, rows_per_group=gs, weight=w, bias=bias, original=w,
+            original_bias=None if module.bias is None else
+            module.bias.detach().to(dev, torch.float32, copy=True),
+            row_log2_var=row_var,
+            row_perm=grouping.row_order(row_var, torch.ones(n, device=dev)),
+            g2_sum=torch.zeros(grouping.chunk_count(n, gs), k, dtype=torch.float32, device=dev),
+            row_g2_sum=torch.zeros(n, dtype=torch.float64, device=dev),
+            x_sum=torch.zeros(k, dtype=torch.float64, device=dev),
+            has_bias=has_bias or module.bias is not None)
+        self.states.append(state)
+        probe = sensitivity.LayerProbe(state, self.clock, own_weight=True)
+        self.probes[name] = probe
+        _set_submodule(self.model, name, probe)
+
+    def stream(self, root: nn.Module, blocks: nn.ModuleList) -> "streaming.StreamedModel":
+        """Wrap the model with FSDP2 (radio.offload); the states' working weights become FSDP's
+        host storage, which ``requantize`` overwrites in place."""
+        streamed = streaming.StreamedModel(self.model, root, blocks,
+                                           [self.probes[s.name] for s in self.states],
+                                           self.device)
+        for state in self.states:
+            state.weight = streaming.StreamedModel.local_weight(self.probes[state.name].weight)
+        return streamed
 
     def enable_checkpointing(self, blocks: Optional[nn.ModuleList], count: int) -> None:
         """Recompute the first ``count`` decoder blocks in the backward pass (the others keep
@@ -537,14 +583,17 @@ class _Session:
 # Memory planning
 # ----------------------------------------------------------------------------------------------
 
-def activation_budget_gb(config: QuantConfig, model: nn.Module, device: torch.device) -> float:
+def activation_budget_gb(config: QuantConfig, model: nn.Module, device: torch.device,
+                         resident_bytes: Optional[int] = None) -> float:
     """GiB the calibration activations may use: ``config.activation_budget_gb``, or, when unset,
     what keeps the whole run near 20 GiB of GPU memory (so a 7B model in 16-bit stays below
     24 GB): 20 GiB - 1.1 x the model's parameters - 1.5 GiB of working buffers, within
-    [1, 16] GiB and at most 60% of the memory free now."""
+    [1, 16] GiB and at most 60% of the memory free now. ``resident_bytes``: the parameter bytes
+    on the GPU when that is not the whole model (a streamed model: a few blocks)."""
     if config.activation_budget_gb is not None:
         return float(config.activation_budget_gb)
-    params = sum(p.numel() * p.element_size() for p in model.parameters()) / (1 << 30)
+    params = (sum(p.numel() * p.element_size() for p in model.parameters())
+              if resident_bytes is None else resident_bytes) / (1 << 30)
     budget = min(16.0, max(1.0, 20.0 - 1.1 * params - 1.5))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -594,6 +643,42 @@ def _plan_memory(config: QuantConfig, targets, blocks: Optional[nn.ModuleList], 
     return min(n_blocks, math.ceil((need - budget) / saved_per_block)), micro
 
 
+def _streamed_resident_bytes(root: nn.Module, blocks: nn.ModuleList) -> int:
+    """Parameter bytes a streamed model keeps on the GPU at once: the root's own parameters
+    (embeddings, final norm) and three blocks (the one computing, the prefetched one, and the
+    one being freed)."""
+    def size(params):
+        return sum(p.numel() * p.element_size() for p in params)
+    in_blocks = {id(p) for p in blocks.parameters()}
+    root_own = size(p for p in root.parameters() if id(p) not in in_blocks)
+    return root_own + 3 * max(size(b.parameters()) for b in blocks)
+
+
+def _plan_streamed_memory(config: QuantConfig, targets, blocks: nn.ModuleList, seq_len: int,
+                          device: torch.device, dtype: torch.dtype, budget_gb: float
+                          ) -> Tuple[int, int]:
+    """``_plan_memory`` for a streamed model. Every micro-batch streams the whole model to the
+    GPU twice (forward, backward), so micro-batches should be large: every block is
+    checkpointed (unless ``config.checkpointing`` is False), which leaves each block's input
+    per sequence plus one block's activations at a time. On the CPU (tests) the rule of
+    ``_plan_memory``, so that the result matches ``offload=False``."""
+    if device.type != "cuda" or config.estimator == "per_token" or config.micro_batch is not None:
+        return _plan_memory(config, targets, blocks, seq_len, device, dtype, budget_gb)
+    per_round, n_blocks = config.sequences_per_round, len(blocks)
+    elem = torch.finfo(dtype).bits // 8
+    widths = sum(m.in_features + m.out_features for _, m in targets)
+    per_seq = _ACTIVATION_FACTOR * elem * widths * seq_len
+    if config.checkpointing is False:
+        ckpt = 0
+    else:
+        ckpt = n_blocks
+        hidden = max(m.in_features for _, m in targets)
+        per_seq = elem * seq_len * hidden * n_blocks + per_seq / n_blocks
+    micro = int(max(1, min(per_round, budget_gb * (1 << 30) // max(per_seq, 1))))
+    micro = -(-per_round // -(-per_round // micro))
+    return ckpt, micro
+
+
 def _now(device: torch.device) -> float:
     """Wall clock after the device's queued work (phase times would blur otherwise)."""
     if device.type == "cuda":
@@ -615,7 +700,8 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
              max_distortion: Optional[float] = None, calib=None,
              config: Optional[QuantConfig] = None, filter_fn: Optional[Callable] = None,
              tokenizer=None, verbose: bool = True,
-             checkpoint_dir: Optional[os.PathLike] = None) -> nn.Module:
+             checkpoint_dir: Optional[os.PathLike] = None,
+             offload: "streaming.OffloadArg" = False) -> nn.Module:
     """Quantize a causal LM (or any model, with ``filter_fn``) with the Radio method, in place.
 
     Parameters
@@ -650,6 +736,18 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         uninterrupted run on the same device. A checkpoint of another job, or a damaged one,
         raises ValueError. The directory is left in place at the end (delete it once the model
         is saved). ``None``: no checkpoints.
+    offload : bool or device, optional
+        ``True``: the model is bigger than the GPU. It stays in host memory (build or load it on
+        the CPU) and PyTorch's FSDP2 (``fully_shard`` with ``CPUOffloadPolicy``, per decoder
+        block plus the root) streams the weights to the GPU block by block for every forward
+        and backward pass (``radio.offload``); decoder blocks are checkpointed so that large
+        micro-batches fit. The GPU holds a few blocks plus activations; the host holds the
+        original and the working weights (about 2x the quantized layers; docs/design.md).
+        Needs ``calib`` (sampling from a streamed model would take hours). A device
+        (``"cuda:1"``) picks the GPU; ``"cpu"`` runs the same path without a GPU (tests). Uses
+        the existing process group under torchrun (each rank streams its own full copy),
+        otherwise a 1-rank group made and torn down here. The model is returned in host memory.
+        The result equals ``offload=False`` within float rounding.
 
     Returns
     -------
@@ -660,6 +758,15 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = _model_device(model)
+    streamed = offload is not False and offload is not None
+    if streamed:
+        if config is not None and not isinstance(config, QuantConfig):
+            raise ValueError(f"config must be a radio.QuantConfig, got {type(config).__name__}")
+        device = streaming.compute_device(offload)
+        if calib is None:
+            raise ValueError("offload=True needs calibration data (calib=: text or token ids): "
+                             "sampling sequences from a model streamed block by block from host "
+                             "memory would take hours")
     if config is None:
         config = QuantConfig.for_device(device)
     elif not isinstance(config, QuantConfig):
@@ -700,18 +807,31 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
     found = find_decoder_blocks(model)
     blocks = found[1] if found is not None else None
     dtype = targets[0][1].weight.dtype
-    budget_gb = activation_budget_gb(config, model, device)
-    ckpt_blocks, micro = _plan_memory(config, targets, blocks, seq_len, device, dtype, budget_gb)
-    total_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
-    offload = config.offload_originals if config.offload_originals is not None else (
-        device.type == "cuda" and total_bytes > _OFFLOAD_BYTES)
+    if streamed:
+        root = _output_root(model)
+        streaming.check_streamable(model, root, blocks)
+        budget_gb = activation_budget_gb(config, model, device,
+                                         resident_bytes=_streamed_resident_bytes(root, blocks))
+        ckpt_blocks, micro = _plan_streamed_memory(config, targets, blocks, seq_len, device,
+                                                   dtype, budget_gb)
+        offload_originals = True
+    else:
+        budget_gb = activation_budget_gb(config, model, device)
+        ckpt_blocks, micro = _plan_memory(config, targets, blocks, seq_len, device, dtype,
+                                          budget_gb)
+        total_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
+        offload_originals = config.offload_originals if config.offload_originals is not None \
+            else (device.type == "cuda" and total_bytes > _OFFLOAD_BYTES)
 
     job = None if checkpoint_dir is None else checkpoint.job_description(
         model_sha, config, calib_set.tokens, target, micro, device)
     session = _Session(model, targets, config, device, progress)
     history: List[dict] = []
+    stream = None
     try:
-        session.install(offload, has_bias)
+        session.install(offload_originals, has_bias, streamed=streamed)
+        if streamed:
+            stream = session.stream(root, blocks)
         output_fn = _output_function(model)
         generator = torch.Generator().manual_seed(config.seed)
         resumed = None if job is None else checkpoint.load(checkpoint_dir, job, session.states)
@@ -812,15 +932,25 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
             # layers are the answer on every rank, whatever the ranks' rounding did.
             for state in session.states:
                 distributed.broadcast_tensors(list(packed[state.name].tensors().values()))
+        if stream is not None:
+            stream.close()
         session.finish(packed)
+        if streamed:  # the model came in host memory and goes back there
+            for name, _ in targets:
+                model.get_submodule(name).to("cpu")
     except BaseException:
+        if stream is not None:
+            stream.close()
         session.restore()
         raise
     seconds["total"] = time.perf_counter() - start
     settings = config.to_dict()
     settings.update(seq_len=seq_len, micro_batch=micro, checkpointed_blocks=ckpt_blocks,
                     activation_budget_gb=round(budget_gb, 2),
-                    offload_originals=offload, output_directions=int(directions.shape[0]))
+                    offload_originals=offload_originals,
+                    output_directions=int(directions.shape[0]))
+    if streamed:
+        settings["offload"] = str(device)
     if first_round:
         settings["resumed_after_round"] = first_round
     report = QuantReport.build(

@@ -151,20 +151,27 @@ class LayerProbe(nn.Module):
     """Stands in for an ``nn.Linear`` during calibration: computes with the working weight and
     bias of its ``LayerState`` and records statistics."""
 
-    def __init__(self, state: LayerState, clock: CalibrationClock) -> None:
+    def __init__(self, state: LayerState, clock: CalibrationClock,
+                 own_weight: bool = False) -> None:
         super().__init__()
         self.state = state
         self.clock = clock
         self.in_features = state.in_features
         self.out_features = state.out_features
+        # Streamed (offloaded) models: the working weight is this module's parameter, so that
+        # FSDP manages it (radio.offload); the state then points at FSDP's host storage.
+        self.owns_weight = own_weight
+        if own_weight:
+            self.weight = nn.Parameter(state.weight.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
         state.observe_input(x, self.clock.step)
-        x = x.to(state.weight.dtype)
+        weight = self.weight if self.owns_weight else state.weight
+        x = x.to(weight.dtype)
         if torch.is_grad_enabled():
-            return _ProbeFunction.apply(x, state.weight, state.bias, self.clock.anchor, state)
-        return F.linear(x, state.weight, state.bias)
+            return _ProbeFunction.apply(x, weight, state.bias, self.clock.anchor, state)
+        return F.linear(x, weight, state.bias)
 
     def extra_repr(self) -> str:
         return f"{self.state.name}: in={self.in_features}, out={self.out_features}"

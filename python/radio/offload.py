@@ -1,0 +1,238 @@
+"""``radio.quantize(..., offload=True)``: calibrate a model bigger than the GPU (issue 7, item 1).
+
+The weights stay in host memory and PyTorch's FSDP2 streams them to the GPU block by block:
+``fully_shard(block, offload_policy=CPUOffloadPolicy(pin_memory=True))`` on every decoder block,
+and once more on the root (the module the calibration calls: ``base_model`` of a transformers
+causal LM, holding the embeddings and the final norm). Before a block's forward FSDP copies its
+parameters to the GPU ("all-gather" of one shard: the whole tensor at one rank), frees the copy
+after the forward, copies them again for the block's backward and frees them after it; the next
+block is prefetched while one computes. The GPU therefore holds a few blocks, the root's
+parameters, the activations and radio's per-group statistics (~1/256 of the weights). Nothing
+here schedules copies by hand.
+
+The layer probes (``sensitivity.LayerProbe``) own their working weight as a parameter, so FSDP
+manages (streams) it; the session's ``LayerState.weight`` is then the parameter's local shard,
+FSDP's pinned host storage, which ``requantize`` overwrites in place every round (at one rank per
+group the local shard is the whole tensor).
+
+Process group: FSDP needs one. Without an initialised ``torch.distributed``, a 1-rank group is
+created here (NCCL on a GPU, gloo for the CPU test device) and destroyed at the end. Under
+``torchrun`` every rank gets its own 1-rank group (``new_group([r])``): each rank streams its own
+full copy of the weights (as ``radio.distributed`` keeps a full model per rank); sharding the
+weights ACROSS ranks is not done.
+
+Host memory: the original weights (the model's own tensors, untouched, so that a failure puts the
+model back as it was and every round re-quantizes from them) plus FSDP's pinned copies, which are
+the working weights: 2x the quantized layers' size (plus the root's parameters twice). See
+docs/design.md ("Offload") for the arithmetic and what would bring it to ~1.1x.
+
+At the end the FSDP wrapping is removed: hooks, the FSDP classes and state go, the model's
+original parameter objects (never moved) and buffers (moved back) are put back.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ["compute_device", "check_streamable", "StreamedModel"]
+
+OffloadArg = Union[bool, str, torch.device]
+
+
+def compute_device(offload: OffloadArg) -> torch.device:
+    """The device the streamed blocks compute on: ``True`` -> the current CUDA device; a device
+    (``"cuda:1"``; ``"cpu"`` runs the same FSDP machinery without a GPU, for tests)."""
+    if offload is True:
+        if not torch.cuda.is_available():
+            raise ValueError("offload=True streams the weights from host memory to a CUDA GPU, "
+                             "but torch.cuda.is_available() is False; expected a machine with a "
+                             "GPU (or offload=False)")
+        return torch.device("cuda", torch.cuda.current_device())
+    try:
+        device = torch.device(offload)
+    except (TypeError, RuntimeError) as error:
+        raise ValueError(f"offload must be True, False or a device such as 'cuda:0', got "
+                         f"{offload!r}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"offload={offload!r} names a CUDA device, but "
+                             "torch.cuda.is_available() is False")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise ValueError(f"offload={offload!r}: expected a CUDA device (or 'cpu' for tests)")
+    return device
+
+
+def check_streamable(model: nn.Module, root: nn.Module,
+                     blocks: Optional[nn.ModuleList]) -> None:
+    """The model must be in host memory and have decoder blocks inside ``root``."""
+    if blocks is None or len(blocks) == 0:
+        raise ValueError(f"offload=True streams the decoder blocks one by one, but "
+                         f"{type(model).__name__} has none; expected an nn.ModuleList of blocks "
+                         "holding nn.Linear layers (a transformers causal LM)")
+    if not any(m is blocks for m in root.modules()):
+        raise ValueError(f"offload=True: the decoder blocks are not inside the module the "
+                         f"calibration calls ({type(root).__name__}); expected them there")
+    bad = sorted({str(p.device) for p in model.parameters() if p.device.type != "cpu"})
+    if bad:
+        raise ValueError(f"offload=True expects the model in host memory (built or loaded on the "
+                         f"CPU, since it need not fit the GPU), got parameters on {bad}; move it "
+                         "with model.cpu(), or use offload=False")
+
+
+def _fsdp():
+    if not torch.distributed.is_available():
+        raise ValueError("offload=True needs torch.distributed (FSDP2), which this torch build "
+                         "lacks")
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+    return fully_shard, CPUOffloadPolicy, FSDPModule
+
+
+class StreamedModel:
+    """FSDP2 wrapping of a model for one ``radio.quantize`` call; ``close()`` removes it."""
+
+    def __init__(self, model: nn.Module, root: nn.Module, blocks: nn.ModuleList,
+                 probes: Sequence[nn.Module], device: torch.device) -> None:
+        fully_shard, cpu_offload, self._fsdp_module = _fsdp()
+        self.device = device
+        self._created_dir: Optional[str] = None
+        self._own_groups: List = []
+        self.units: List[nn.Module] = []
+        # (module, name, the model's own parameter) of every parameter FSDP will replace
+        self._params: List[Tuple[nn.Module, str, nn.Parameter]] = []
+        self._buffers: List[Tuple[torch.Tensor, torch.device]] = []
+        try:
+            group = self._process_group(device)
+            from torch.distributed.device_mesh import DeviceMesh
+            mesh = DeviceMesh.from_group(group, device.type)
+            root_modules = set(map(id, root.modules()))
+            outside = [p for p in probes if id(p) not in root_modules]  # the LM head's probe
+            self._take_parameters(list(root.modules()) + outside, probes)
+            policy = cpu_offload(pin_memory=device.type == "cuda")
+            for block in blocks:
+                fully_shard(block, mesh=mesh, reshard_after_forward=True,
+                            offload_policy=policy)
+                self.units.append(block)
+            for probe in outside:
+                fully_shard(probe, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
+                self.units.append(probe)
+            fully_shard(root, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
+            self.units.append(root)
+            # Copy block i+1 to the GPU while block i computes (backward prefetch is FSDP's
+            # default).
+            for current, following in zip(blocks, list(blocks)[1:]):
+                current.set_modules_to_forward_prefetch([following])
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _process_group(self, device: torch.device):
+        dist = torch.distributed
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            self._created_dir = tempfile.mkdtemp(prefix="radio-offload-")
+            dist.init_process_group(backend, rank=0, world_size=1, init_method="file://" +
+                                    os.path.join(self._created_dir, "store"))
+            return dist.group.WORLD
+        if dist.get_world_size() == 1:
+            return dist.group.WORLD
+        # Every rank must create every group, in the same order; each keeps its own.
+        groups = [dist.new_group([r], backend=backend) for r in range(dist.get_world_size())]
+        mine = groups[dist.get_rank()]
+        self._own_groups = [mine]
+        return mine
+
+    def _take_parameters(self, modules: Sequence[nn.Module], probes: Sequence[nn.Module]) -> None:
+        """Give FSDP stand-in parameter objects sharing the model's storage: FSDP moves what it
+        is given to the device (``param.data = ...``) before copying it to pinned host memory,
+        and the model's own objects must stay untouched on the CPU (a failed run restores them;
+        the session holds them). The probes' working weights are already stand-ins."""
+        probe_ids = set(map(id, probes))
+        fresh: Dict[int, nn.Parameter] = {}  # one stand-in per parameter: tied weights stay tied
+        seen = set()
+        for module in modules:
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    self._buffers.append((buf, buf.device))
+            if id(module) in probe_ids:
+                continue
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in fresh:
+                    fresh[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+                self._params.append((module, name, p))
+                module._parameters[name] = fresh[id(p)]
+
+    # -- during the run ---------------------------------------------------------------------------
+    @staticmethod
+    def local_weight(param: torch.Tensor) -> torch.Tensor:
+        """The host storage FSDP streams a parameter from (its local shard: the whole tensor
+        with one rank per group), to be overwritten in place."""
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if tuple(local.shape) != tuple(param.shape):
+            raise RuntimeError(f"offload: the local shard {tuple(local.shape)} is not the whole "
+                               f"parameter {tuple(param.shape)}; expected one rank per group")
+        return local
+
+    # -- teardown ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove the FSDP wrapping (idempotent): every wrapped module gets back its class, loses
+        FSDP's hooks and state, and the model's own parameters and buffers are put back."""
+        for unit in reversed(self.units):
+            if not isinstance(unit, self._fsdp_module):
+                continue
+            unit.reshard()  # the root stays gathered after a no-grad forward
+            state = unit._get_fsdp_state()
+            for key in ("_pre_forward_hook_handle", "_post_forward_hook_handle"):
+                handle = getattr(state, key, None)
+                if handle is not None:
+                    handle.remove()
+            unit.__class__ = next(b for b in type(unit).__bases__
+                                  if not issubclass(b, self._fsdp_module))
+            _forget_composable_state(unit)
+        self.units = []
+        for module, name, p in self._params:
+            module._parameters[name] = p
+        self._params = []
+        for buf, device in self._buffers:
+            if buf.device != device:
+                buf.data = buf.data.to(device)
+        self._buffers = []
+        gc.collect()  # FSDP's state and modules refer to each other: free the pinned copies now
+        dist = torch.distributed
+        for group in self._own_groups:
+            dist.destroy_process_group(group)
+        self._own_groups = []
+        if self._created_dir is not None:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            shutil.rmtree(self._created_dir, ignore_errors=True)
+            self._created_dir = None
+
+
+def _forget_composable_state(module: nn.Module) -> None:
+    """Drop what ``fully_shard`` recorded on the module, so that it can be wrapped again."""
+    try:
+        from torch.distributed._composable import contract as _contract
+        from torch.distributed import _composable_state
+    except ImportError:  # pragma: no cover - layout of other torch versions
+        return
+    for key in ("STATE_KEY", "REGISTRY_KEY"):
+        name = getattr(_contract, key, None)
+        if name is not None:
+            module.__dict__.pop(name, None)
+    mapping = getattr(_composable_state, "_module_state_mapping", None)
+    if mapping is not None:
+        mapping.pop(module, None)
