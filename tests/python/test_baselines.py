@@ -67,3 +67,61 @@ def test_model_level_gptq_and_rtn():
 def test_bad_arguments_are_refused(bits, group):
     with pytest.raises(ValueError, match="bits|group_size"):
         rtn_quantize_weight(torch.randn(4, 8), bits, group)
+
+
+def _tiny_llama(seed=3):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_batched_sequences_give_the_same_model(act_order):
+    """batch_size only changes how sequences go through a block, not the answer."""
+    model = _tiny_llama()
+    ids = torch.randint(0, 128, (6, 32), generator=torch.Generator().manual_seed(4))
+    one, batched = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_gptq(one, ids, 3, 32, act_order=act_order, batch_size=1)
+    quantize_gptq(batched, ids, 3, 32, act_order=act_order, batch_size=4)  # batches of 4 and 2
+    changed = 0
+    for (name, a), (_, b), (_, w) in zip(one.named_parameters(), batched.named_parameters(),
+                                          model.named_parameters()):
+        # A float32 summation-order difference may flip a rare rounding tie: compare closely.
+        assert (a - b).abs().gt(1e-4).float().mean() < 0.01, name
+        changed += int(not torch.equal(a, w))
+    assert changed == 2 * 7  # every decoder linear was quantized, nothing else
+
+
+def test_gptq_shares_hessians_of_layers_fed_the_same_input():
+    from torch import nn
+    from radio.baselines.gptq import _SharedInputHessians
+
+    model = _tiny_llama()
+    block = model.model.layers[0]
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    hessians = _SharedInputHessians(linears, torch.device("cpu"))
+    ids = torch.randint(0, 128, (2, 16))
+    for _ in range(2):
+        model(ids)
+        hessians.end_pass()
+    hessians.remove()
+    assert hessians.groups() == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                                 ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"],
+                                 ["mlp.down_proj"]]
+    # The shared Hessian is the one each layer would have accumulated alone.
+    alone = _HessianAccumulator(64, torch.device("cpu"))
+    inputs = []
+    handle = linears["self_attn.k_proj"].register_forward_hook(lambda m, a, o: inputs.append(a[0]))
+    for _ in range(2):
+        model(ids)
+    handle.remove()
+    for x in inputs:
+        alone.add(x)
+    torch.testing.assert_close(hessians.acc["self_attn.q_proj"].h, alone.h)
+    assert hessians.acc["self_attn.q_proj"].samples == 2 * 2 * 16
