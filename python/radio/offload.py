@@ -32,6 +32,7 @@ original parameter objects (never moved) and buffers (moved back) are put back.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import shutil
 import tempfile
@@ -224,9 +225,9 @@ class StreamedModel:
 
 def _forget_composable_state(module: nn.Module) -> None:
     """Drop what ``fully_shard`` recorded on the module, so that it can be wrapped again."""
-    try:
-        from torch.distributed._composable import contract as _contract
-        from torch.distributed import _composable_state
+    try:  # (the package re-exports the function ``contract`` under the module's name)
+        _contract = importlib.import_module("torch.distributed._composable.contract")
+        _composable_state = importlib.import_module("torch.distributed._composable_state")
     except ImportError:  # pragma: no cover - layout of other torch versions
         return
     for key in ("STATE_KEY", "REGISTRY_KEY"):
