@@ -8,7 +8,8 @@ outputs of the already-quantized previous blocks, as in the paper.
 
 Speed (the method is unchanged): calibration sequences go through each block ``batch_size`` at a
 time; layers fed the same input tensor (q/k/v, gate/up) share one Hessian accumulation and are
-solved as one stacked matrix; the column solve runs with TF32 off (full float32, as the authors'
+solved as one stacked matrix, and layers of the same input width share one column loop
+(``gptq_quantize_weights``); the column solve runs with TF32 off (full float32, as the authors'
 code), whatever the caller set for the forward passes.
 """
 from __future__ import annotations
@@ -54,48 +55,78 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
                          symmetric: bool = False, act_order: bool = False, damp: float = 0.01,
                          block: int = 128) -> torch.Tensor:
     """GPTQ approximation of ``weight`` [N, K] given the layer's input Hessian [K, K]."""
+    return gptq_quantize_weights([weight], [hessian], bits, group_size, symmetric, act_order,
+                                 damp, block)[0]
+
+
+def gptq_quantize_weights(weights: Sequence[torch.Tensor], hessians: Sequence[torch.Tensor],
+                          bits: int, group_size: int = 128, symmetric: bool = False,
+                          act_order: bool = False, damp: float = 0.01,
+                          block: int = 128) -> List[torch.Tensor]:
+    """GPTQ of several layers with the same input width K at once: ``weights[l]`` [N_l, K] with
+    its own Hessian ``hessians[l]`` [K, K].
+
+    Every row is quantized exactly as alone (GPTQ treats rows independently); the layers only
+    share the column loop, whose per-column steps are small enough that their count, not their
+    size, sets the time on a GPU. Shorter layers are padded with copies of their first row
+    (finite values, dropped at the end).
+    """
     check_bits(bits, group_size)
-    w = weight.detach().to(torch.float32).clone()
-    n, k = w.shape
-    if hessian.shape != (k, k):
-        raise ValueError(f"hessian must have shape ({k}, {k}), got {tuple(hessian.shape)}")
-    h = hessian.to(torch.float64).clone()
-    dead = torch.diag(h) == 0  # inputs never seen: any value is exact; fix them to 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
+    if len(weights) != len(hessians) or not weights:
+        raise ValueError(f"need one Hessian per weight, got {len(weights)} weights and "
+                         f"{len(hessians)} Hessians")
+    k = weights[0].shape[1]
+    for weight, hessian in zip(weights, hessians):
+        if weight.dim() != 2 or weight.shape[1] != k:
+            raise ValueError(f"weights must be [N, {k}], got {tuple(weight.shape)}")
+        if hessian.shape != (k, k):
+            raise ValueError(f"hessian must have shape ({k}, {k}), got {tuple(hessian.shape)}")
+    rows = [wt.shape[0] for wt in weights]
+    n = max(rows)
+    w = torch.stack([torch.cat([wt.detach().float(), wt.detach().float()[:1].expand(n - r, k)])
+                     for wt, r in zip(weights, rows)])  # [L, N, K]
+    h = torch.stack([hs.to(torch.float64) for hs in hessians])  # [L, K, K] (a copy)
+    diag = h.diagonal(dim1=1, dim2=2)  # a view
+    dead = diag == 0  # inputs never seen: any value is exact; fix them to 0
+    diag[dead] = 1
+    w.masked_fill_(dead[:, None, :], 0)
     perm = None
     if act_order:  # quantize the inputs with the largest Hessian diagonal first
-        perm = torch.argsort(torch.diag(h), descending=True)
-        w = w[:, perm]
-        h = h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=h.dtype, device=h.device)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
+        perm = torch.argsort(h.diagonal(dim1=1, dim2=2), dim=1, descending=True)  # [L, K]
+        w = torch.gather(w, 2, perm[:, None, :].expand_as(w))
+        h = torch.stack([hl[p][:, p] for hl, p in zip(h, perm)])
+    mean_diag = h.diagonal(dim1=1, dim2=2).mean(dim=1)
+    h += damp * mean_diag[:, None, None] * torch.eye(k, dtype=h.dtype, device=h.device)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)),
+                                 upper=True).to(torch.float32)  # [L, K, K]
 
+    layers = w.shape[0]
     group = k if group_size == 0 else group_size
     q_all = torch.zeros_like(w)
     scale = zero = None
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
-        w_blk = w[:, b0:b1].clone()
+        w_blk = w[:, :, b0:b1].clone()
         q_blk = torch.zeros_like(w_blk)
         err_blk = torch.zeros_like(w_blk)
-        hinv_blk = hinv[b0:b1, b0:b1]
+        hinv_blk = hinv[:, b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
             if col % group == 0:
                 # Groups follow the (possibly permuted) quantization order, on the updated weights.
-                upcoming = torch.cat([w_blk[:, i:], w[:, b1:]], dim=1)[:, :group]
-                scale, zero = uniform_grid(upcoming, bits, symmetric)
-            q = fake_quantize(w_blk[:, i:i + 1], scale, zero, bits)[:, 0]
-            q_blk[:, i] = q
-            err = (w_blk[:, i] - q) / hinv_blk[i, i]
-            w_blk[:, i:] -= err[:, None] * hinv_blk[i, i:][None, :]
-            err_blk[:, i] = err
-        q_all[:, b0:b1] = q_blk
-        w[:, b1:] -= err_blk @ hinv[b0:b1, b1:]
+                upcoming = torch.cat([w_blk[:, :, i:], w[:, :, b1:]], dim=2)[:, :, :group]
+                scale, zero = uniform_grid(upcoming.reshape(layers * n, -1), bits, symmetric)
+            q = fake_quantize(w_blk[:, :, i].reshape(layers * n, 1), scale, zero,
+                              bits).view(layers, n)
+            q_blk[:, :, i] = q
+            err = (w_blk[:, :, i] - q) / hinv_blk[:, i, i][:, None]
+            w_blk[:, :, i:] -= err[:, :, None] * hinv_blk[:, None, i, i:]
+            err_blk[:, :, i] = err
+        q_all[:, :, b0:b1] = q_blk
+        w[:, :, b1:] -= torch.bmm(err_blk, hinv[:, b0:b1, b1:])
     if perm is not None:
-        q_all = q_all[:, torch.argsort(perm)]
-    return q_all.to(weight.dtype)
+        q_all = torch.gather(q_all, 2, torch.argsort(perm, dim=1)[:, None, :].expand_as(q_all))
+    return [q_all[l, :r].to(wt.dtype) for l, (wt, r) in enumerate(zip(weights, rows))]
 
 
 def _block_output(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -214,17 +245,22 @@ def quantize_gptq(model: nn.Module, calib: torch.Tensor | Sequence[torch.Tensor]
             hessians.remove()
         # GPTQ treats rows independently, so layers fed the same input (identical Hessians)
         # are quantized as one stacked matrix: same result, fewer passes of the column loop.
-        for group in hessians.groups():
-            stacked = torch.cat([linears[name].weight for name in group])
+        # Groups of the same input width share one column loop (gptq_quantize_weights).
+        groups = hessians.groups()
+        for width in sorted({linears[g[0]].in_features for g in groups}):
+            same = [g for g in groups if linears[g[0]].in_features == width]
             with _full_float32():
-                q = gptq_quantize_weight(stacked, hessians.acc[group[0]].h, bits, group_size,
-                                         symmetric, act_order, damp)
-            for name, part in zip(group, q.split([linears[n].out_features for n in group])):
-                m = linears[name]
-                m.weight.copy_(part)
-                total_bits += rtn_bits_per_weight(bits, m.out_features, m.in_features, group_size,
-                                                  symmetric, act_order)
-                weights += m.weight.numel()
+                solved = gptq_quantize_weights(
+                    [torch.cat([linears[name].weight for name in g]) for g in same],
+                    [hessians.acc[g[0]].h for g in same], bits, group_size, symmetric,
+                    act_order, damp)
+            for group, q in zip(same, solved):
+                for name, part in zip(group, q.split([linears[n].out_features for n in group])):
+                    m = linears[name]
+                    m.weight.copy_(part)
+                    total_bits += rtn_bits_per_weight(bits, m.out_features, m.in_features,
+                                                      group_size, symmetric, act_order)
+                    weights += m.weight.numel()
         del hessians
         inputs = [_block_output(block, x, kw) for x, kw in zip(inputs, block_kwargs)]
     return BaselineReport("GPTQ", bits, group_size, symmetric, act_order, weights, total_bits)
