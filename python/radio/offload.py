@@ -10,10 +10,11 @@ block is prefetched while one computes. The GPU therefore holds a few blocks, th
 parameters, the activations and radio's per-group statistics (~1/256 of the weights). Nothing
 here schedules copies by hand.
 
-The layer probes (``sensitivity.LayerProbe``) own their working weight as a parameter, so FSDP
-manages (streams) it; the session's ``LayerState.weight`` is then the parameter's local shard,
-FSDP's pinned host storage, which ``requantize`` overwrites in place every round (at one rank per
-group the local shard is the whole tensor).
+The layer probes (``sensitivity.LayerProbe``) own the layer's ORIGINAL weight as a parameter, so
+that FSDP manages (streams) it, and compute the working (quantized) weight from it on the device
+(``LayerState.recipe``, set by each round's ``requantize``). The session's originals are FSDP's
+pinned host storage (``local_weight``: at one rank per group the local shard is the whole
+tensor); ``on_wrapped`` lets the caller drop the model's own copy unit by unit.
 
 Process group: FSDP needs one. Without an initialised ``torch.distributed``, a 1-rank group is
 created here (NCCL on a GPU, gloo for the CPU test device) and destroyed at the end. Under
@@ -21,13 +22,13 @@ created here (NCCL on a GPU, gloo for the CPU test device) and destroyed at the 
 full copy of the weights (as ``radio.distributed`` keeps a full model per rank); sharding the
 weights ACROSS ranks is not done.
 
-Host memory: the original weights (the model's own tensors, untouched, so that a failure puts the
-model back as it was and every round re-quantizes from them) plus FSDP's pinned copies, which are
-the working weights: 2x the quantized layers' size (plus the root's parameters twice). See
-docs/design.md ("Offload") for the arithmetic and what would bring it to ~1.1x.
+Host memory: one copy of every quantized weight (FSDP's pinned storage, also the session's
+original and the replaced ``nn.Linear``'s weight) and two of the root's parameters (the model's
+own, put back at the end, and FSDP's). See docs/design.md ("Offload") for the arithmetic.
 
 At the end the FSDP wrapping is removed: hooks, the FSDP classes and state go, the model's
-original parameter objects (never moved) and buffers (moved back) are put back.
+original parameter objects (never moved) and buffers (moved back) are put back (the quantized
+layers' originals stay in FSDP's former storage).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import importlib
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -100,7 +101,8 @@ class StreamedModel:
     """FSDP2 wrapping of a model for one ``radio.quantize`` call; ``close()`` removes it."""
 
     def __init__(self, model: nn.Module, root: nn.Module, blocks: nn.ModuleList,
-                 probes: Sequence[nn.Module], device: torch.device) -> None:
+                 probes: Sequence[nn.Module], device: torch.device,
+                 on_wrapped: Optional[Callable[[nn.Module], None]] = None) -> None:
         fully_shard, cpu_offload, self._fsdp_module = _fsdp()
         self.device = device
         self._created_dir: Optional[str] = None
@@ -117,15 +119,13 @@ class StreamedModel:
             outside = [p for p in probes if id(p) not in root_modules]  # the LM head's probe
             self._take_parameters(list(root.modules()) + outside, probes)
             policy = cpu_offload(pin_memory=device.type == "cuda")
-            for block in blocks:
-                fully_shard(block, mesh=mesh, reshard_after_forward=True,
-                            offload_policy=policy)
-                self.units.append(block)
-            for probe in outside:
-                fully_shard(probe, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
-                self.units.append(probe)
-            fully_shard(root, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
-            self.units.append(root)
+            # ``on_wrapped(unit)`` right after each unit: the caller can let go of the unit's
+            # host tensors that FSDP has just copied, one unit at a time.
+            for unit in [*blocks, *outside, root]:
+                fully_shard(unit, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
+                self.units.append(unit)
+                if on_wrapped is not None:
+                    on_wrapped(unit)
             # Copy block i+1 to the GPU while block i computes (backward prefetch is FSDP's
             # default).
             for current, following in zip(blocks, list(blocks)[1:]):

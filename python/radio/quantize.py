@@ -217,6 +217,18 @@ def _check_target_reachable(target: dict, geometries: List[Tuple[LayerGeometry, 
 # The session: probes installed, statistics, rounds
 # ----------------------------------------------------------------------------------------------
 
+@torch.no_grad()
+def _requantized(original: torch.Tensor, stats, depth: torch.Tensor, rows_per_group: int,
+                 quantizer: str, refine, symmetric: bool, laplace: bool) -> torch.Tensor:
+    """A streamed layer's working weight: its original quantized as ``requantize`` did (the
+    same function of the same inputs), in the original's dtype."""
+    q = torch_quant.quantize_layer(
+        original, stats.row_perm, stats.col_perm, depth, rows_per_group, quantizer, refine,
+        symmetric, mu0=stats.location if laplace else None,
+        spread=stats.spread if laplace else None, need_indices=False)
+    return q.w_hat.reshape(original.shape).to(original.dtype)
+
+
 def _checkpointed(forward, *args, **kwargs):
     if torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
@@ -246,6 +258,7 @@ class _Session:
         self._patched_blocks: List[nn.Module] = []
         self._installed = False
         self._copy_stream = None
+        self.streamed = False
 
     # -- install / restore ----------------------------------------------------------------------
     def install(self, offload: bool, has_bias: bool, streamed: bool = False) -> None:
@@ -254,6 +267,7 @@ class _Session:
         streamed by FSDP; the originals are the model's own tensors (no copy), every probe owns
         its working weight as a parameter, and the statistics live on the compute device."""
         cfg = self.config
+        self.streamed = streamed
         target_ids = {id(m) for _, m in self.targets}
         # Weights shared with a module we do not replace (tied embeddings) must not be
         # overwritten in place: such layers get their own working copy.
@@ -321,14 +335,24 @@ class _Session:
         _set_submodule(self.model, name, probe)
 
     def stream(self, root: nn.Module, blocks: nn.ModuleList) -> "streaming.StreamedModel":
-        """Wrap the model with FSDP2 (radio.offload); the states' working weights become FSDP's
-        host storage, which ``requantize`` overwrites in place."""
-        streamed = streaming.StreamedModel(self.model, root, blocks,
-                                           [self.probes[s.name] for s in self.states],
-                                           self.device)
-        for state in self.states:
-            state.weight = streaming.StreamedModel.local_weight(self.probes[state.name].weight)
-        return streamed
+        """Wrap the model with FSDP2 (radio.offload). FSDP's pinned host copy of each original
+        weight becomes the only one: as each unit is wrapped, the state and the replaced
+        ``nn.Linear`` are pointed at it and the model's own tensor is let go (host memory stays
+        ~1x the model, not 2x). The working weights are never stored: every probe computes its
+        own from the streamed original (``LayerState.recipe``, set by ``requantize``)."""
+        by_probe = {id(self.probes[s.name]): s for s in self.states}
+
+        def adopt(unit: nn.Module) -> None:
+            for module in unit.modules():
+                state = by_probe.get(id(module))
+                if state is not None:
+                    host = streaming.StreamedModel.local_weight(module.weight)
+                    state.module.weight.data = host
+                    state.weight = state.original = host
+
+        return streaming.StreamedModel(self.model, root, blocks,
+                                       [self.probes[s.name] for s in self.states], self.device,
+                                       on_wrapped=adopt)
 
     def enable_checkpointing(self, blocks: Optional[nn.ModuleList], count: int) -> None:
         """Recompute the first ``count`` decoder blocks in the backward pass (the others keep
@@ -533,7 +557,14 @@ class _Session:
                         x_mean = torch.stack([s.x_mean().to(self.device) for s in batch])
                         biases = biases - torch.bmm(q.w_hat - weights, x_mean[:, :, None])[..., 0]
                 for i, state in enumerate(batch):
-                    state.weight.copy_(q.w_hat[i])
+                    if self.streamed:  # the probe recomputes this w_hat from the original
+                        state.recipe = functools.partial(
+                            _requantized, stats=st[i], depth=depth[i],
+                            rows_per_group=batch[0].rows_per_group, quantizer=cfg.quantizer,
+                            refine=cfg.refine_search if refine else False,
+                            symmetric=cfg.symmetric, laplace=laplace)
+                    else:
+                        state.weight.copy_(q.w_hat[i])
                     if biases is not None:
                         state.bias.copy_(biases[i])
                     state.depth = depth[i]
@@ -657,26 +688,28 @@ def _streamed_resident_bytes(root: nn.Module, blocks: nn.ModuleList) -> int:
 def _plan_streamed_memory(config: QuantConfig, targets, blocks: nn.ModuleList, seq_len: int,
                           device: torch.device, dtype: torch.dtype, budget_gb: float
                           ) -> Tuple[int, int]:
-    """``_plan_memory`` for a streamed model. Every micro-batch streams the whole model to the
-    GPU twice (forward, backward), so micro-batches should be large: every block is
-    checkpointed (unless ``config.checkpointing`` is False), which leaves each block's input
-    per sequence plus one block's activations at a time. On the CPU (tests) the rule of
-    ``_plan_memory``, so that the result matches ``offload=False``."""
-    if device.type != "cuda" or config.estimator == "per_token" or config.micro_batch is not None:
+    """``_plan_memory`` for a streamed model. On a GPU every block is checkpointed, whatever
+    ``config.checkpointing`` says: a probe computes its working weight from the streamed
+    original, and autograd would otherwise keep every layer's working weight until the backward
+    pass (the whole model on the GPU). Checkpointing keeps each block's input per sequence plus
+    one block's activations at a time, so micro-batches can be large, which matters: every
+    micro-batch streams the whole model to the GPU twice (forward, backward). On the CPU (tests)
+    the rule of ``_plan_memory``, so that the result can be compared with ``offload=False``."""
+    if device.type != "cuda":
         return _plan_memory(config, targets, blocks, seq_len, device, dtype, budget_gb)
     per_round, n_blocks = config.sequences_per_round, len(blocks)
+    if config.estimator == "per_token":
+        return n_blocks, 1
+    if config.micro_batch is not None:
+        return n_blocks, min(config.micro_batch, per_round)
     elem = torch.finfo(dtype).bits // 8
     widths = sum(m.in_features + m.out_features for _, m in targets)
-    per_seq = _ACTIVATION_FACTOR * elem * widths * seq_len
-    if config.checkpointing is False:
-        ckpt = 0
-    else:
-        ckpt = n_blocks
-        hidden = max(m.in_features for _, m in targets)
-        per_seq = elem * seq_len * hidden * n_blocks + per_seq / n_blocks
+    hidden = max(m.in_features for _, m in targets)
+    per_seq = (elem * seq_len * hidden * n_blocks
+               + _ACTIVATION_FACTOR * elem * widths * seq_len / n_blocks)
     micro = int(max(1, min(per_round, budget_gb * (1 << 30) // max(per_seq, 1))))
     micro = -(-per_round // -(-per_round // micro))
-    return ckpt, micro
+    return n_blocks, micro
 
 
 def _now(device: torch.device) -> float:
@@ -740,10 +773,12 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         ``True``: the model is bigger than the GPU. It stays in host memory (build or load it on
         the CPU) and PyTorch's FSDP2 (``fully_shard`` with ``CPUOffloadPolicy``, per decoder
         block plus the root) streams the weights to the GPU block by block for every forward
-        and backward pass (``radio.offload``); decoder blocks are checkpointed so that large
-        micro-batches fit. The GPU holds a few blocks plus activations; the host holds the
-        original and the working weights (about 2x the quantized layers; docs/design.md).
-        Needs ``calib`` (sampling from a streamed model would take hours). A device
+        and backward pass (``radio.offload``). Only the original weights are kept on the host
+        (~1x the model, docs/design.md): each layer computes its working (quantized) weight
+        on the GPU from the streamed original. Every decoder block is checkpointed (also so
+        that large micro-batches fit). The GPU holds a few blocks plus activations. Needs
+        ``calib`` (sampling from a streamed model would take hours); not with
+        ``checkpoint_dir``. A device
         (``"cuda:1"``) picks the GPU; ``"cpu"`` runs the same path without a GPU (tests). Uses
         the existing process group under torchrun (each rank streams its own full copy),
         otherwise a 1-rank group made and torn down here. The model is returned in host memory.
@@ -763,6 +798,10 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         if config is not None and not isinstance(config, QuantConfig):
             raise ValueError(f"config must be a radio.QuantConfig, got {type(config).__name__}")
         device = streaming.compute_device(offload)
+        if checkpoint_dir is not None:
+            raise ValueError("offload=True with checkpoint_dir= is not supported: a checkpoint "
+                             "holds the working weights, which a streamed run never stores; "
+                             "expected checkpoint_dir=None")
         if calib is None:
             raise ValueError("offload=True needs calibration data (calib=: text or token ids): "
                              "sampling sequences from a model streamed block by block from host "

@@ -59,6 +59,9 @@ class LayerState:
     # Set by the allocation of each round (layer.LayerStatistics) and the quantization:
     stats: Optional[object] = None
     depth: Optional[torch.Tensor] = None
+    # Streamed models (radio.offload): FSDP streams the ORIGINAL weight, and this maps it to the
+    # working weight on the device (the last round's quantization); None: compute with it as is.
+    recipe: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     @property
     def out_features(self) -> int:
@@ -158,8 +161,9 @@ class LayerProbe(nn.Module):
         self.clock = clock
         self.in_features = state.in_features
         self.out_features = state.out_features
-        # Streamed (offloaded) models: the working weight is this module's parameter, so that
-        # FSDP manages it (radio.offload); the state then points at FSDP's host storage.
+        # Streamed (offloaded) models: the weight is this module's parameter, so that FSDP
+        # manages (streams) it (radio.offload): the original weight, turned into the working
+        # weight on the device by ``state.recipe``.
         self.owns_weight = own_weight
         if own_weight:
             self.weight = nn.Parameter(state.weight.detach(), requires_grad=False)
@@ -168,6 +172,9 @@ class LayerProbe(nn.Module):
         state = self.state
         state.observe_input(x, self.clock.step)
         weight = self.weight if self.owns_weight else state.weight
+        if self.owns_weight and state.recipe is not None:
+            with torch.no_grad():
+                weight = state.recipe(weight)
         x = x.to(weight.dtype)
         if torch.is_grad_enabled():
             return _ProbeFunction.apply(x, weight, state.bias, self.clock.anchor, state)

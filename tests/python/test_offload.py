@@ -143,6 +143,27 @@ def test_failed_offload_run_puts_the_model_back(monkeypatch):
     torch.testing.assert_close(logits(model), before, rtol=0, atol=0)
 
 
+def test_streamed_run_keeps_one_host_copy_of_each_weight(monkeypatch):
+    """During the rounds, the original weight, the replaced nn.Linear's weight and the storage
+    FSDP streams from are one tensor: the model's own copy was let go (host memory ~1x)."""
+    backprop = quantize_module._Session.backprop
+    checked = []
+
+    def check(self, *args, **kwargs):
+        for state in self.states:
+            streamed = streaming.StreamedModel.local_weight(self.probes[state.name].weight)
+            ptrs = {state.original.data_ptr(), state.weight.data_ptr(),
+                    state.module.weight.data_ptr(), streamed.data_ptr()}
+            assert len(ptrs) == 1, state.name
+        checked.append(len(self.states))
+        return backprop(self, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_module._Session, "backprop", check)
+    quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(), verbose=False,
+             offload="cpu")
+    assert checked and checked[0] == 14
+
+
 def test_offload_bad_inputs():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch.cuda.is_available"):
