@@ -172,6 +172,9 @@ def test_offload_bad_inputs():
     with pytest.raises(ValueError, match="offload must be True, False or a device"):
         quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(), verbose=False,
                  offload="no-such-device")
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(), verbose=False,
+                 offload="cpu", checkpoint_dir="/nonexistent/radio-ckpt")
     with pytest.raises(ValueError, match="needs calibration data"):
         quantize(tiny_llama(), bits=4.0, config=config(), verbose=False, offload="cpu")
     plain = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 32), torch.nn.Linear(32, 32))
