@@ -18,6 +18,10 @@ One run:
 With ``checkpoint_dir``, the state after every round but the last is saved there
 (``radio.checkpoint``), and a later call for the same job resumes after the last saved round.
 
+With ``offload=True`` (``radio.offload``) the weights stay in host memory and FSDP2 streams the
+original weights to the GPU block by block; each probe computes its working weight on the GPU
+from the streamed original and the last round's quantization.
+
 Under ``torch.distributed`` (``radio.distributed``), every rank runs this same loop on its share
 of each round's sequences; the statistics are summed over the ranks before the allocation, which
 rank 0 solves and broadcasts.
@@ -264,8 +268,8 @@ class _Session:
     def install(self, offload: bool, has_bias: bool, streamed: bool = False) -> None:
         """Replace the target layers by probes. ``offload``: originals in host memory.
         ``streamed`` (``quantize(offload=True)``): the model is in host memory and will be
-        streamed by FSDP; the originals are the model's own tensors (no copy), every probe owns
-        its working weight as a parameter, and the statistics live on the compute device."""
+        streamed by FSDP; every probe owns its layer's original weight as a parameter (FSDP's
+        copy becomes the only one, ``stream``), and the statistics live on the compute device."""
         cfg = self.config
         self.streamed = streamed
         target_ids = {id(m) for _, m in self.targets}
