@@ -6,12 +6,14 @@ weight at gs = 256, checks radio against a float32 dequantize-then-matmul once p
 times both ops captured in CUDA graphs, rotating through enough weight copies that every call
 reads its weights from HBM (more than 2x the L2). Prints a table:
 
-  shape, bpw (achieved), tokens, f16 us, radio us, speedup, fraction of the measured copy
+  shape, bpw (achieved), tokens, f16 us, radio us, speedup, fraction of the measured HBM read
   bandwidth that radio's reads reach ("bytes the kernel must read" = every tensor the kernel
-  reads as it is passed to it: int32 permutations, the int32 unit offsets, x) / time / copy bw.
+  reads as it is passed to it: int32 permutations, the int32 unit offsets, x) / time / read bw,
+  the same fraction for f16, and the kernel that ran (gemv: 1..8 tokens; mma: tensor cores).
 
-The copy bandwidth is (bytes read + bytes written) / time of a 2 GiB device-to-device copy.
-Usage: python bench/bench_gemm.py [--quick] [--json out.json]
+The read bandwidth is bytes / time of a 2 GiB torch.sum (reads only); the copy bandwidth (read +
+write bytes of a 2 GiB device-to-device copy) is printed for reference.
+Usage: python bench/bench_gemm.py [--quick] [--tokens 1 4 8 16] [--json out.json]
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import time
 import torch
 
 from radio import ops
+from radio._ext import _cuda
 from radio.format import LayerGeometry, UNIT
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192), (28672, 8192),
@@ -35,6 +38,7 @@ PREFILL_TOKENS = 2048
 PREFILL_RATE = 4.0
 GS = 256
 L2_BYTES = 50 * 2 ** 20
+DEFAULT_GEMV_WAVES = 6  # cuda/select_config.cu
 
 
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
@@ -123,6 +127,15 @@ def time_graph(fn_calls, reps: int = 5) -> float:
     return statistics.median(times)
 
 
+def read_bandwidth() -> float:
+    """Bytes read per second by a large reduction (torch.sum of 2 GiB of f16, f32 accumulation):
+    the HBM read ceiling the kernels' bandwidth fractions are taken against."""
+    a = torch.empty(2 ** 30, dtype=torch.float16, device="cuda").normal_()
+    us = time_graph([lambda: a.sum(dtype=torch.float32)] * 10)
+    del a
+    return 2 * 2 ** 30 / (us * 1e-6)
+
+
 def copy_bandwidth() -> float:
     """(bytes read + bytes written) per second of a large device-to-device copy."""
     n = 2 ** 31
@@ -148,7 +161,8 @@ def copies_for(bytes_per_copy: int) -> int:
     return max(2, math.ceil(2 * L2_BYTES / bytes_per_copy) + 1)
 
 
-def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float) -> None:
+def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
+        gemv_waves=()) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
@@ -160,7 +174,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float) ->
             layers = [first] + [make_layer(n, k, bpw, seed=n + k + i)
                                 for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
             if not checked:
-                for t in (1, 16):
+                for t in sorted({1, 16, *[x for x in tokens_list if x <= 64]}):
                     err = check(first, t, gen)
                     status = "ok" if err < 4e-3 else "FAIL"
                     print(f"check {n}x{k} {bpw} bpw tokens={t}: rel err {err:.2e} {status}",
@@ -176,7 +190,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float) ->
                 radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
                                for i in range(calls)]
                 t16 = time_graph(f16_calls)
-                paths = ["dequant", "kernel"] if tokens > 64 else ["kernel"]
+                paths = (["dequant", "kernel"] if tokens > 64 else
+                         [_cuda.config(tokens, n, k, GS)["kernel"]])
                 for path in paths:
                     ops.PREFILL_PATH = path
                     trad = time_graph(radio_calls)
@@ -192,6 +207,20 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float) ->
                     print(f"{n:>6}x{k:<6} {row['bpw']:>6.3f} {tokens:>5} {t16:>10.2f} "
                           f"{trad:>10.2f} {row['speedup']:>8.2f}x {row['radio_bw_frac']:>7.2f} "
                           f"{row['f16_bw_frac']:>7.2f} {path}", flush=True)
+            if gemv_waves and bpw == PREFILL_RATE:
+                # the decode path's K-split sweep (1 token): waves of blocks per launch
+                x = torch.randn(1, k, device="cuda", generator=gen).half()
+                radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
+                               for i in range(max(len(layers), 20))]
+                for waves in gemv_waves:
+                    _cuda.set_gemv_waves(waves)
+                    cfg = _cuda.config(1, n, k, GS)
+                    trad = time_graph(radio_calls)
+                    print(f"  gemv sweep {n}x{k}: waves {waves:>2} splits {cfg['splits']:>3} "
+                          f"units/block {cfg['units_per_split']:>3}: {trad:8.2f} us", flush=True)
+                    out_rows.append(dict(n=n, k=k, target_bpw=bpw, tokens=1, path="gemv-sweep",
+                                         waves=waves, splits=cfg["splits"], radio_us=trad))
+                _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES)
             del layers, first
         del w16
         torch.cuda.empty_cache()
@@ -201,25 +230,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two shapes, two rates")
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="token counts (1..64)")
+    ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
+                    help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     props = torch.cuda.get_device_properties(0)
-    bw = copy_bandwidth()
+    copy_bw = copy_bandwidth()
+    bw = read_bandwidth()
     print(f"device: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}; copy bandwidth (read+write) {bw / 1e12:.3f} TB/s",
-          flush=True)
+          f"CUDA {torch.version.cuda}; read bandwidth {bw / 1e12:.3f} TB/s, copy bandwidth "
+          f"(read+write) {copy_bw / 1e12:.3f} TB/s", flush=True)
     shapes = SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES
     rates = [3.0, 4.0] if args.quick else RATES
     print(f"{'shape':>13} {'bpw':>6} {'tok':>5} {'f16 us':>10} {'radio us':>10} {'speedup':>9} "
           f"{'bw frac':>7} {'f16 bw':>7} path")
     rows: list = []
     t0 = time.time()
-    run(shapes, rates, TOKENS, not args.no_prefill, rows, bw)
+    run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=props.name, copy_bw=bw, rows=rows), f, indent=1)
+            json.dump(dict(device=props.name, read_bw=bw, copy_bw=copy_bw, rows=rows), f,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,21 @@ for tokens in (1, 16):
     ops.qlinear(x, **layer)
 torch.cuda.synchronize()
 PY
-  timeout 200 ncu --kernel-name regex:qlinear_kernel --launch-count 2 \
+  timeout 200 ncu --kernel-name regex:"qlinear_kernel|gemv_kernel" --launch-count 2 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
     --section SchedulerStats --section Occupancy --section LaunchStats --section InstructionStats \
     python3 /tmp/radio_ncu_case.py > "$OUT/ncu.txt" 2>&1
   echo "ncu exit code $?"
-  grep -E "qlinear_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Issued Ipc|Stall|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Registers Per|Executed Ipc" "$OUT/ncu.txt" | head -60
+  grep -E "qlinear_kernel|gemv_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Issued Ipc|Stall|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Registers Per|Executed Ipc" "$OUT/ncu.txt" | head -60
+fi
+
+step "instruction mix of the gemv kernel (1 token, f16), all depths"
+SO=$(python3 -c 'import radio._cuda as c; print(c.__file__)')
+if command -v cuobjdump > /dev/null; then
+  cuobjdump -sass "$SO" | awk '/Function : .*gemv_kernelI6__halfLi1E/{f=1} /Function : /{if($0 !~ /gemv_kernelI6__halfLi1E/) f=0} f' \
+    > "$OUT/gemv_f16_1.sass"
+  grep -oE "^ +/\*[0-9a-f]{4}\*/ +[A-Z][A-Z0-9_.]*" "$OUT/gemv_f16_1.sass" | awk '{print $2}' \
+    | sed 's/\..*//' | sort | uniq -c | sort -rn | head -14
 fi
 
 step "benchmark ($MODE)"
@@ -69,6 +78,10 @@ if [ "$MODE" = profile ]; then
 elif [ "$MODE" = full ]; then
   timeout 420 python3 bench/bench_gemm.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 else
-  timeout 240 python3 bench/bench_gemm.py --quick --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  timeout 240 python3 bench/bench_gemm.py --quick --tokens 1 4 8 16 --gemv-waves 4 8 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
+if [ "$MODE" = quick ] || [ "$MODE" = full ] || [ "$MODE" = quick-profile ]; then
+  step "end-to-end decode (batch 1, CUDA graphs)"
+  timeout 240 python3 bench/bench_decode.py --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log"
 fi
 step "done"

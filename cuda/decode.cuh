@@ -95,6 +95,34 @@ struct Window {
   }
 };
 
+// Index j (0..31) of a row's unit: bits [jB, jB + B) of its B words.
+template <int kB, int kJ>
+RADIO_HD std::uint32_t unit_index(const std::uint32_t (&w)[kB]) {
+  constexpr int kLo = kJ * kB, kWord = kLo / 32, kShift = kLo % 32;
+  constexpr std::uint32_t kMask = (1u << kB) - 1u;
+  if constexpr (kShift + kB <= 32) {
+    return (w[kWord] >> kShift) & kMask;
+  } else {
+    return ((w[kWord] >> kShift) | (w[kWord + 1] << (32 - kShift))) & kMask;
+  }
+}
+
+// 4 * (index j of a row's unit): the byte offset of T_B[q] in a float table, with the multiply
+// folded into the shift (one shift or funnel shift and one AND per weight; the GEMV kernel's
+// inner loop is issue-bound, gemv_kernel.cuh).
+template <int kB, int kJ>
+RADIO_HD std::uint32_t unit_index_x4(const std::uint32_t (&w)[kB]) {
+  constexpr int kLo = kJ * kB, kWord = kLo / 32, kShift = kLo % 32;
+  constexpr std::uint32_t kMask = ((1u << kB) - 1u) << 2;
+  if constexpr (kShift < 2) {
+    return (w[kWord] << (2 - kShift)) & kMask;
+  } else if constexpr (kShift + kB <= 32) {
+    return (w[kWord] >> (kShift - 2)) & kMask;
+  } else {
+    return funnel_right(w[kWord], w[kWord + 1], kShift - 2) & kMask;
+  }
+}
+
 // Position (0..31 inside the unit) of A-fragment register `reg`, half `half`, k-step `step`,
 // for lane t. Used by the host test and by nothing on the device (the device code is the
 // unrolled form of the same rule).

@@ -1,10 +1,16 @@
 // W[N, K] (original row and column order, in f16 / bf16 / f32) from a packed layer: the first
 // half of the large-batch path (the second is a cuBLAS matmul through torch).
 //
-// One thread per chunk row, so a warp reads 32 consecutive words of each unit word-row
-// (coalesced). A block owns up to 256 rows of a chunk and a range of units; the depth switch picks
-// a fully unrolled decode of the unit's 32 indices. The writes go to W[row_perm[r], col_perm[c, p]]:
-// scattered by the two permutations (the price of keeping the format's order out of the matmul).
+// Two kernels; select_config.cu picks one.
+// - dequant_rows_kernel (default): a block owns a tile of R rows of one chunk and ALL its units.
+//   A warp decodes a unit at a time (lane = position) for the tile's rows and scatters the values
+//   into a shared-memory copy of the rows in ORIGINAL column order (col_perm); then the block
+//   writes each row to W[row_perm[r]] with 16-byte stores. The column scatter happens in shared
+//   memory, and global memory sees whole rows written once. Needs R * K * sizeof(Out) bytes of
+//   shared memory (select_config.cu: K up to 48K f16 with R = 1).
+// - dequant_kernel (fallback for wider layers): one thread per chunk row, a block per range of
+//   units, writes W[row_perm[r], col_perm[c, p]] directly: scattered 2-byte stores, ~30x slower
+//   (bench/KERNELS.md).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -14,6 +20,7 @@
 #include <utility>
 
 #include "common.cuh"
+#include "decode.cuh"
 
 namespace radio::cuda {
 
@@ -28,22 +35,12 @@ struct DequantParams {
   void* out;  // [n, k]
   int n, k, gs, units, padded_k;
   int rows_per_block, row_blocks_per_chunk, units_per_split;
-  float lut[512];  // laplace T_B[q] of all depths in f32 (entry 2^B - 2 + q), from the host
+  int tile_rows;   // dequant_rows_kernel: rows per block (R)
+  float lut[512];  // T_B[q] of the layer's quantizer, all depths, f32 (entry 2^B - 2 + q), host
 };
 
 constexpr int kDequantThreads = 256;
-
-// Index j (0..31) of a row's unit: bits [jB, jB + B) of its B words.
-template <int kB, int kJ>
-__device__ __forceinline__ std::uint32_t unit_index(const std::uint32_t (&w)[kB]) {
-  constexpr int kLo = kJ * kB, kWord = kLo / 32, kShift = kLo % 32;
-  constexpr std::uint32_t kMask = (1u << kB) - 1u;
-  if constexpr (kShift + kB <= 32) {
-    return (w[kWord] >> kShift) & kMask;
-  } else {
-    return ((w[kWord] >> kShift) | (w[kWord + 1] << (32 - kShift))) & kMask;
-  }
-}
+constexpr int kMaxTileRows = 8;  // dequant_rows_kernel: rows per block at most
 
 template <typename Out, Quant kQ, int kB, int kJ>
 __device__ __forceinline__ void store_index(const std::uint32_t (&w)[kB], const float* lut_b,
@@ -117,6 +114,97 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_kernel(const DequantP
       case 6: dequant_unit<Out, kQ, 6>(p, word, rows_c, row, pos0, out_row, lut); break;
       case 7: dequant_unit<Out, kQ, 7>(p, word, rows_c, row, pos0, out_row, lut); break;
       default: dequant_unit<Out, kQ, 8>(p, word, rows_c, row, pos0, out_row, lut); break;
+    }
+  }
+}
+
+// --- dequant_rows_kernel ----------------------------------------------------------------------
+// A warp walks units; lane j owns position j of the unit, so the per-position tensors (col_perm,
+// scale, loc) are read once per block and coalesced. For each row of the tile, lanes 0..B-1 load
+// the row's B words of the unit (one request), and lane j takes the two words holding its index
+// with shuffles (bits [jB, jB + B) span at most two words).
+
+// Units a warp has in flight: the loads of kUnitsInFlight units (per-position tensors and the
+// words of every row) are issued before any is decoded; one unit at a time left the warp waiting
+// on a chain of dependent loads per unit.
+constexpr int kUnitsInFlight = 4;
+
+template <typename Out>
+__global__ void __launch_bounds__(kDequantThreads) dequant_rows_kernel(const DequantParams p) {
+  __shared__ float table[512];
+  extern __shared__ __align__(16) unsigned char smem[];
+  // [tile_rows][k] values, then the chunk's unit offsets (i32) and depths (u8)
+  Out* tile = reinterpret_cast<Out*>(smem);
+  std::int32_t* s_offset = reinterpret_cast<std::int32_t*>(
+      smem + (static_cast<std::int64_t>(p.tile_rows) * p.k * sizeof(Out) + 15) / 16 * 16);
+  std::uint8_t* s_depth = reinterpret_cast<std::uint8_t*>(s_offset + p.units);
+  const int chunk = blockIdx.x / p.row_blocks_per_chunk;
+  const int rows_c = min(p.gs, p.n - chunk * p.gs);
+  const int r0 = (blockIdx.x % p.row_blocks_per_chunk) * p.tile_rows;
+  if (r0 >= rows_c) return;  // whole block, before any barrier
+  const int rows = min(p.tile_rows, rows_c - r0);
+  const std::int64_t cu0 = static_cast<std::int64_t>(chunk) * p.units;
+  for (int i = threadIdx.x; i < 510; i += blockDim.x) table[i] = p.lut[i];
+  for (int u = threadIdx.x; u < p.units; u += blockDim.x) {
+    s_offset[u] = p.unit_offset[cu0 + u];
+    s_depth[u] = p.depth[cu0 + u];
+  }
+  __syncthreads();
+
+  const std::int64_t chunk_pos0 = static_cast<std::int64_t>(chunk) * p.padded_k;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int u0 = warp * kUnitsInFlight; u0 < p.units; u0 += warps * kUnitsInFlight) {
+    int col[kUnitsInFlight], depth[kUnitsInFlight];
+    float scale[kUnitsInFlight], loc[kUnitsInFlight];
+    std::uint32_t mine[kUnitsInFlight][kMaxTileRows];
+#pragma unroll
+    for (int i = 0; i < kUnitsInFlight; ++i) {
+      const int u = min(u0 + i, p.units - 1);
+      const std::int64_t pos = chunk_pos0 + 32 * u + lane;
+      depth[i] = u0 + i < p.units ? s_depth[u] : 0;
+      col[i] = u0 + i < p.units ? p.col_perm[pos] : p.k;
+      scale[i] = __half2float(p.scale[pos]);
+      loc[i] = __half2float(p.loc[pos]);
+      const std::int64_t word0 = static_cast<std::int64_t>(s_offset[u]) + r0;
+#pragma unroll
+      for (int r = 0; r < kMaxTileRows; ++r)
+        mine[i][r] = (r < rows && lane < depth[i])
+                         ? __ldg(p.qweight + word0 + static_cast<std::int64_t>(lane) * rows_c + r)
+                         : 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < kUnitsInFlight; ++i) {
+      const int bit = lane * depth[i];
+      const int lo_word = bit >> 5, shift = bit & 31;
+      const std::uint32_t mask = (1u << depth[i]) - 1u;
+      const float* table_b = table + max((1 << depth[i]) - 2, 0);  // depth 0: never read
+#pragma unroll
+      for (int r = 0; r < kMaxTileRows; ++r) {
+        if (r >= rows) break;
+        const std::uint32_t lo = __shfl_sync(0xffffffffu, mine[i][r], lo_word);
+        const std::uint32_t hi = __shfl_sync(0xffffffffu, mine[i][r], min(lo_word + 1, 31));
+        const std::uint32_t q = __funnelshift_r(lo, hi, shift) & mask;
+        const float v = depth[i] > 0 ? fmaf(scale[i], table_b[q], loc[i]) : loc[i];
+        if (col[i] < p.k) tile[static_cast<std::int64_t>(r) * p.k + col[i]] = from_float<Out>(v);
+      }
+    }
+  }
+  __syncthreads();
+
+  // Whole rows out: 16-byte stores when the row length allows, else element by element.
+  Out* out = static_cast<Out*>(p.out);
+  const std::int64_t row_bytes = static_cast<std::int64_t>(p.k) * sizeof(Out);
+  const bool vec = row_bytes % 16 == 0 && reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+  for (int r = 0; r < rows; ++r) {
+    const std::int64_t orig = p.row_perm[static_cast<std::int64_t>(chunk) * p.gs + r0 + r];
+    Out* dst = out + orig * p.k;
+    const Out* src = tile + static_cast<std::int64_t>(r) * p.k;
+    if (vec) {
+      const int n16 = static_cast<int>(row_bytes / 16);
+      for (int i = threadIdx.x; i < n16; i += blockDim.x)
+        reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+    } else {
+      for (int i = threadIdx.x; i < p.k; i += blockDim.x) dst[i] = src[i];
     }
   }
 }

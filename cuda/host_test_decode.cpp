@@ -135,10 +135,37 @@ int check_depth(std::mt19937& rng) {
   return failures;
 }
 
+// unit_index and unit_index_x4 (the GEMV and dequantize kernels' per-row decode) read back
+// every index of a packed row, for all 32 positions.
+template <int kB, int... kJs>
+int check_row_decode(std::mt19937& rng, std::integer_sequence<int, kJs...>) {
+  std::uniform_int_distribution<int> pick(0, (1 << kB) - 1);
+  std::vector<std::vector<int>> q(kRows, std::vector<int>(32));
+  for (auto& row : q)
+    for (int& v : row) v = pick(rng);
+  const std::vector<std::uint32_t> words = pack_unit(q, kB);
+  int failures = 0;
+  for (int r = 0; r < kRows; ++r) {
+    std::uint32_t w[kB];
+    for (int b = 0; b < kB; ++b) w[b] = words[static_cast<std::size_t>(b) * kRows + r];
+    const std::uint32_t got[] = {radio::cuda::unit_index<kB, kJs>(w)...};
+    const std::uint32_t got4[] = {radio::cuda::unit_index_x4<kB, kJs>(w)...};
+    for (int j = 0; j < 32; ++j)
+      if ((got[j] != static_cast<std::uint32_t>(q[r][j]) ||
+           got4[j] != 4u * static_cast<std::uint32_t>(q[r][j])) && failures++ < 10)
+        std::printf("B=%d row %d position %d: unit_index %u, x4 %u, expected %d\n", kB, r, j,
+                    got[j], got4[j], q[r][j]);
+  }
+  return failures;
+}
+
 template <int... kBs>
 int check_all(std::mt19937& rng, std::integer_sequence<int, kBs...>) {
   int failures = 0;
-  for (int rep = 0; rep < 20; ++rep) ((failures += check_depth<kBs + 1>(rng)), ...);
+  for (int rep = 0; rep < 20; ++rep) {
+    ((failures += check_depth<kBs + 1>(rng)), ...);
+    ((failures += check_row_decode<kBs + 1>(rng, std::make_integer_sequence<int, 32>{})), ...);
+  }
   return failures;
 }
 
@@ -147,7 +174,7 @@ int check_all(std::mt19937& rng, std::integer_sequence<int, kBs...>) {
 int main() {
   std::mt19937 rng(1234);
   const int failures = check_all(rng, std::make_integer_sequence<int, 8>{});
-  std::printf("%s: decode mapping, depths 1..8, 20 random units each (%d failures)\n",
+  std::printf("%s: decode mapping and row decode, depths 1..8, 20 random units each (%d failures)\n",
               failures ? "FAIL" : "PASS", failures);
   return failures ? 1 : 0;
 }

@@ -8,6 +8,7 @@
 
 #include "common.cuh"
 #include "dequant_kernel.cuh"
+#include "gemv_kernel.cuh"
 #include "ops.hpp"
 #include "qlinear_kernel.cuh"
 
@@ -17,7 +18,15 @@ template <typename Act, Quant kQ, int kTokTiles>
 cudaError_t launch_qlinear_instance(const QlinearParams& p, const QlinearConfig& c,
                                     cudaStream_t stream) {
   const dim3 grid(c.grid_x, c.grid_y);
-  qlinear_kernel<Act, kQ, kTokTiles><<<grid, c.warps * 32, c.smem_bytes, stream>>>(p);
+  qlinear_kernel<Act, kQ, kTokTiles><<<grid, c.threads, c.smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename Act, int kTokens>
+cudaError_t launch_gemv_instance(const GemvParams& p, const QlinearConfig& c,
+                                 cudaStream_t stream) {
+  const dim3 grid(c.grid_x, c.grid_y);
+  gemv_kernel<Act, kTokens><<<grid, c.threads, c.smem_bytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -25,7 +34,18 @@ template <typename Out, Quant kQ>
 cudaError_t launch_dequant_instance(const DequantParams& p, const DequantConfig& c,
                                     cudaStream_t stream) {
   const dim3 grid(c.grid_x, c.grid_y);
-  dequant_kernel<Out, kQ><<<grid, kDequantThreads, 0, stream>>>(p);
+  if (c.tile_rows > 0) {
+    // The quantizer is only the table's contents here: one instance per output type would do,
+    // but the (Out, kQ) instance files already exist and the code is small.
+    if (c.smem_bytes > 48 * 1024) {
+      const cudaError_t err = cudaFuncSetAttribute(
+          dequant_rows_kernel<Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes);
+      if (err != cudaSuccess) return err;
+    }
+    dequant_rows_kernel<Out><<<grid, kDequantThreads, c.smem_bytes, stream>>>(p);
+  } else {
+    dequant_kernel<Out, kQ><<<grid, kDequantThreads, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
@@ -36,6 +56,21 @@ cudaError_t launch_qlinear_tiles(const QlinearParams& p, const QlinearConfig& c,
                                  cudaStream_t stream);
 template <typename Out, Quant kQ>
 cudaError_t launch_dequant(const DequantParams& p, const DequantConfig& c, cudaStream_t stream);
+// instances/gemv_*.cu: the switch over token counts of the decode path (per activation type;
+// the quantizer is only the table's contents).
+template <typename Act>
+cudaError_t launch_gemv(const GemvParams& p, const QlinearConfig& c, cudaStream_t stream);
+
+#define RADIO_INSTANTIATE_GEMV(Act)                                                            \
+  template <>                                                                                  \
+  cudaError_t launch_gemv<Act>(const GemvParams& p, const QlinearConfig& c, cudaStream_t s) {  \
+    switch (c.gemv_tokens) {                                                                   \
+      case 1: return launch_gemv_instance<Act, 1>(p, c, s);                                    \
+      case 2: return launch_gemv_instance<Act, 2>(p, c, s);                                    \
+      case 4: return launch_gemv_instance<Act, 4>(p, c, s);                                    \
+      default: return launch_gemv_instance<Act, 8>(p, c, s);                                   \
+    }                                                                                          \
+  }
 
 #define RADIO_INSTANTIATE_KERNELS(Act, kQ)                                                     \
   template <>                                                                                  \

@@ -104,7 +104,8 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("col_perm"), py::arg("bias"), py::arg("y"), py::arg("out_features"),
       py::arg("in_features"), py::arg("rows_per_group"), py::arg("quantizer"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
-      "y[tokens, N] = x[tokens, K] @ W.T + bias on the tensor cores (groups of 64 tokens).");
+      "y[tokens, N] = x[tokens, K] @ W.T + bias (1..8 tokens: CUDA-core decode path; up to 64 "
+      "per block: tensor cores; config() says which).");
   m.def(
       "dequantize",
       [](std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc, std::uintptr_t depth,
@@ -128,6 +129,13 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"), py::arg("rows_per_group"),
         "Workspace bytes qlinear needs (0 when it writes y directly).");
+  m.def(
+      "set_gemv_waves",
+      [](int waves) {
+        RADIO_CHECK(waves >= 1 && waves <= 64, "waves must be in 1..64, got ", waves);
+        radio::cuda::set_gemv_waves(waves);
+      },
+      py::arg("waves"), "Benchmark tuning: waves of blocks the decode path's K split aims at.");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -136,6 +144,9 @@ PYBIND11_MODULE(_cuda, m) {
       [](int tokens, int n, int k, int gs) {
         const auto c = qlinear_config(tokens, n, k, gs);
         py::dict d;
+        d["kernel"] = c.gemv ? "gemv" : "mma";
+        d["gemv_tokens"] = c.gemv_tokens;
+        d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;
         d["warps"] = c.warps;
         d["rows_per_block"] = c.rows_per_block;

@@ -55,11 +55,52 @@ void fill_lut16(std::uint16_t (&lut)[512]) {
   }
 }
 
+// T_B[q] of the format's table for either quantizer, all depths (entry 2^B - 2 + q), in f32.
+void fill_table_f32(Quant q, float (&table)[512]) {
+  for (int i = 0; i < kTableEntries; ++i) {
+    int b = 1;
+    while (i >= (1 << (b + 1)) - 2) ++b;
+    const int idx = i - ((1 << b) - 2);
+    table[i] = q == Quant::kLaplace ? static_cast<float>(laplace_table_entry(i))
+                                    : static_cast<float>(idx) - 0.5f * ((1 << b) - 1);
+  }
+  table[510] = table[511] = 0.f;
+}
+
+std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  GemvParams p{};
+  fill_layer(p, layer);
+  p.x = reinterpret_cast<const void*>(x);
+  p.bias = reinterpret_cast<const __half*>(layer.bias);
+  p.y = reinterpret_cast<void*>(y);
+  p.m = m;
+  p.units_per_split = c.units_per_split;
+  p.splits = c.splits;
+  if (c.workspace_bytes > 0) {
+    p.workspace = reinterpret_cast<float*>(workspace);
+    p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
+    const std::string err = cuda_error(
+        cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
+        "workspace memset");
+    if (!err.empty()) return err;
+  }
+  fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
+  cudaError_t err;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kHalf: err = launch_gemv<__half>(p, c, s); break;
+    case DType::kBFloat16: err = launch_gemv<__nv_bfloat16>(p, c, s); break;
+    default: err = launch_gemv<float>(p, c, s); break;
+  }
+  return cuda_error(err, "gemv launch");
+}
+
 }  // namespace
 
 std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
                     std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
                     std::uintptr_t stream) {
+  if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   QlinearParams p{};
   fill_layer(p, layer);
   p.x = reinterpret_cast<const void*>(x);
@@ -107,16 +148,19 @@ std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
 
 std::string dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype,
                        std::uintptr_t stream) {
-  const DequantConfig c = select_dequant_config(layer.n, layer.k, layer.gs, device_sm_count());
+  const int out_bytes = static_cast<DType>(dtype) == DType::kFloat ? 4 : 2;
+  const DequantConfig c =
+      select_dequant_config(layer.n, layer.k, layer.gs, out_bytes, device_sm_count());
   DequantParams p{};
   fill_layer(p, layer);
   p.out = reinterpret_cast<void*>(out);
   p.rows_per_block = c.rows_per_block;
   p.row_blocks_per_chunk = c.row_blocks_per_chunk;
   p.units_per_split = c.units_per_split;
+  p.tile_rows = c.tile_rows;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const Quant q = static_cast<Quant>(layer.quantizer);
-  for (int i = 0; i < kLutEntries; ++i) p.lut[i] = static_cast<float>(laplace_table_entry(i));
+  fill_table_f32(q, p.lut);
   const bool lap = q == Quant::kLaplace;
   cudaError_t err;
   switch (static_cast<DType>(dtype)) {

@@ -13,8 +13,13 @@ constexpr int kMaxKernelTokens = 64;  // tokens per block of the tensor-core ker
 constexpr int kMaxBlockUnits = 1024;  // units of K one block walks (its depths/offsets in smem)
 
 struct QlinearConfig {
-  int tok_tiles = 1;        // token tiles of 8 (template parameter): 1, 2, 4 or 8
-  int warps = 16;           // warps per block; one per 16 rows
+  // The decode path (gemv_kernel.cuh, CUDA cores) for 1..8 tokens; otherwise the tensor-core
+  // kernel (qlinear_kernel.cuh). Fields below marked "mma" belong to the latter.
+  bool gemv = false;
+  int gemv_tokens = 0;      // tokens the gemv instance holds (template parameter): 1, 2, 4, 8
+  int threads = 512;        // threads per block
+  int tok_tiles = 1;        // mma: token tiles of 8 (template parameter): 1, 2, 4 or 8
+  int warps = 16;           // mma: warps per block; one per 16 rows
   int rows_per_block = 256;
   int row_blocks_per_chunk = 1;
   int slice_units = 32;     // units staged in shared memory at a time
@@ -28,6 +33,8 @@ struct QlinearConfig {
 };
 
 struct DequantConfig {
+  int tile_rows = 0;  // > 0: dequant_rows_kernel with this many rows per block; 0: dequant_kernel
+  int smem_bytes = 0;
   int rows_per_block = 256, row_blocks_per_chunk = 1, units_per_split = 0, splits = 1;
   int grid_x = 0, grid_y = 0;
 };
@@ -35,8 +42,11 @@ struct DequantConfig {
 // select_config.cu: the single heuristic. Everything that depends on the sizes is decided here.
 // Sizes must be valid (positive; m >= 1; k <= 32 * kMaxBlockUnits when m > kMaxKernelTokens).
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count);
-DequantConfig select_dequant_config(int n, int k, int gs, int sm_count);
+DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count);
 bool use_dequant_gemm(int m, int n, int k);
+// Waves of blocks the gemv K split aims at (default 6): a knob for bench/bench_gemm.py's sweep,
+// not an API; select_config.cu documents the choice.
+void set_gemv_waves(int waves);
 int device_sm_count();  // -1 when CUDA cannot tell
 
 

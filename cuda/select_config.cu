@@ -2,7 +2,14 @@
 // by the caller (module.cpp): nothing here throws (no C++ exception leaves nvcc-built code; on the
 // GPU machine one did not unwind through it).
 //
-// qlinear (1..64 tokens):
+// qlinear, 1..8 tokens with chunks of at most 256 rows: the CUDA-core decode path
+// (gemv_kernel.cuh):
+// - tokens rounded up to 1, 2, 4 or 8 (template parameter);
+// - one block per chunk and K split, one thread per two rows (128 threads for 256 rows);
+// - K split: about g_gemv_waves (6) waves of blocks at 8 resident blocks of 128 threads per SM, at least
+//   kGemvMinUnits units per block (staging and the last-block write are per block) and at most
+//   what keeps xs (tokens x positions x 4 bytes) within kGemvXsBytes.
+// qlinear, otherwise (1..64 tokens, the tensor-core kernel):
 // - token tiles of 8: the smallest of 1, 2, 4, 8 tiles that holds m (template parameter);
 // - one warp per 16 rows of a chunk, up to 16 warps (256 rows: a whole default chunk, so the
 //   chunk's scale/loc/col_perm are read by one block only);
@@ -37,12 +44,47 @@ int device_sm_count() {
   return err == cudaSuccess ? count : -1;
 }
 
+namespace {
+constexpr int kGemvMaxRows = 256;      // rows per chunk the gemv block covers (2 per thread)
+int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
+constexpr int kGemvMinUnits = 4;
+constexpr int kGemvXsBytes = 32 * 1024;
+
+QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
+  QlinearConfig c;
+  c.gemv = true;
+  c.gemv_tokens = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8;
+  c.threads = 32 * ceil_div(ceil_div(gs, 2), 32);
+  const int units = ceil_div(k, 32);
+  const int chunks = ceil_div(n, gs);
+  const int resident = sm_count * std::max(1, 1024 / c.threads);
+  const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks));
+  const int max_units = std::max(1, kGemvXsBytes / (c.gemv_tokens * 32 * 4));
+  c.units_per_split = std::clamp(ceil_div(units, want_splits), std::min(kGemvMinUnits, units),
+                                 max_units);
+  c.splits = ceil_div(units, c.units_per_split);
+  c.grid_x = chunks;
+  c.grid_y = c.splits;
+  c.smem_bytes = gemv_smem_bytes(c.gemv_tokens, c.units_per_split);
+  if (c.splits > 1) {
+    const std::int64_t partial = static_cast<std::int64_t>(n) * c.gemv_tokens * 4;
+    c.counters_offset = (partial + 255) / 256 * 256;
+    c.workspace_bytes = c.counters_offset + static_cast<std::int64_t>(chunks) * 4;
+  }
+  return c;
+}
+}  // namespace
+
+void set_gemv_waves(int waves) { g_gemv_waves = waves; }
+
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
+  if (m <= kGemvMaxTokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
   QlinearConfig c;
   c.tok_tiles = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
   const int tokens = 8 * c.tok_tiles;
   c.tok_groups = ceil_div(m, tokens);
   c.warps = std::min(16, ceil_div(gs, 16));
+  c.threads = 32 * c.warps;
   c.rows_per_block = 16 * c.warps;
   c.row_blocks_per_chunk = ceil_div(gs, c.rows_per_block);
   c.slice_units = 32 / c.tok_tiles;
@@ -69,9 +111,25 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   return c;
 }
 
-DequantConfig select_dequant_config(int n, int k, int gs, int sm_count) {
+DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count) {
   (void)sm_count;
   DequantConfig c;
+  // Row tiles: the most rows (8, 4, 2, 1) whose tile stays within kTileBytes of shared memory
+  // (3 blocks of 256 threads per SM on an H100); layers too wide for one row use the fallback.
+  constexpr int kTileBytes = 64 * 1024;
+  const std::int64_t row_bytes = static_cast<std::int64_t>(k) * out_bytes;
+  for (int rows = kMaxTileRows; rows >= 1 && c.tile_rows == 0; rows /= 2)
+    if (rows * row_bytes <= kTileBytes && rows <= gs) c.tile_rows = rows;
+  if (c.tile_rows == 0 && row_bytes <= 96 * 1024) c.tile_rows = 1;
+  if (c.tile_rows > 0) {
+    // the tile, then the chunk's unit offsets and depths (dequant_kernel.cuh)
+    c.smem_bytes = static_cast<int>((c.tile_rows * row_bytes + 15) / 16 * 16) +
+                   ceil_div(k, 32) * (4 + 1);
+    c.row_blocks_per_chunk = ceil_div(gs, c.tile_rows);
+    c.grid_x = ceil_div(n, gs) * c.row_blocks_per_chunk;
+    c.grid_y = 1;
+    return c;
+  }
   c.rows_per_block = std::min(kDequantThreads, ceil_div(gs, 32) * 32);
   c.row_blocks_per_chunk = ceil_div(gs, c.rows_per_block);
   const int units = ceil_div(k, 32);

@@ -82,11 +82,13 @@ def _raw_call(layer, x, y, stream):
 
 
 @pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 64, 256)])
-@pytest.mark.parametrize("tokens", [1, 16, 64])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 16, 64])
 def test_every_output_written_single_and_split(n, k, gs, tokens):
-    """Poisoned output (NaN): every element must be overwritten, with and without a K split."""
+    """Poisoned output (NaN): every element must be overwritten, with and without a K split, on
+    both kernels (gemv for 1..8 tokens, the tensor-core kernel above)."""
     layer, w64 = _layer(n, k, gs, 0, seed=tokens)
     cfg = _cuda.config(tokens, n, k, gs)
+    assert cfg["kernel"] == ("gemv" if tokens <= 8 else "mma"), cfg
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
     y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
     _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
@@ -108,8 +110,12 @@ def test_repeatable():
 
 
 @pytest.mark.parametrize("quantizer", [0, 1])
-def test_dequantize_kernel_matches_reference(quantizer):
-    layer, w64 = _layer(517, 333, 64, quantizer, seed=5)
+@pytest.mark.parametrize("n,k,gs", [(517, 333, 64), (300, 1024, 256), (40, 25000, 256)])
+def test_dequantize_kernel_matches_reference(quantizer, n, k, gs):
+    """Row tiles of 8 and 1 rows (float32 output: 333 and 1024 columns fit 8-row tiles, the
+    1024-column rows take 16-byte stores) and a layer too wide for a one-row tile (25000 x 4
+    bytes > 96 KB: the scattered-store fallback)."""
+    layer, w64 = _layer(n, k, gs, quantizer, seed=5)
     args = {key: layer[key] for key in ("qweight", "scale", "loc", "depth", "row_perm",
                                         "col_perm", "out_features", "in_features",
                                         "rows_per_group", "quantizer")}
@@ -166,11 +172,19 @@ def test_sanitize_small():
     """A few small launches of every path (run under compute-sanitizer by the device script)."""
     for quantizer in (0, 1):
         layer, w64 = _layer(300, 77, 128, quantizer, seed=8 + quantizer)
-        for tokens, dtype in ((1, torch.float16), (16, torch.bfloat16), (40, torch.float32),
+        for tokens, dtype in ((1, torch.float16), (3, torch.bfloat16), (8, torch.float32),
+                              (16, torch.bfloat16), (40, torch.float32),
                               (70, torch.float16)):
             x = torch.randn(tokens, 77, device="cuda").to(dtype)
             y = ops.qlinear(x, **layer)
             assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[dtype]
+        # K split (workspace, counters, last-block write) on both kernels
+        layer, w64 = _layer(1000, 1100, 256, quantizer, seed=9 + quantizer)
+        for tokens in (1, 8, 16):
+            assert _cuda.config(tokens, 1000, 1100, 256)["splits"] > 1
+            x = torch.randn(tokens, 1100, device="cuda").half()
+            y = ops.qlinear(x, **layer)
+            assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
 
 
 @pytest.mark.parametrize("quantizer", [0, 1])
@@ -194,5 +208,10 @@ def test_bad_arguments_raise_value_error():
         _cuda.qlinear(x.data_ptr(), 0, 0, *([1] * 8), y.data_ptr(), 300, 77, 128, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="quantizer must be 0 .laplace. or 1 .uniform., got 3"):
         _cuda.qlinear(x.data_ptr(), 0, 2, *([1] * 8), y.data_ptr(), 300, 77, 128, 3, 0, 0, 0)
-    with pytest.raises(ValueError, match="workspace of 0 bytes is too small"):
-        _cuda.qlinear(x.data_ptr(), 0, 2, *([1] * 8), y.data_ptr(), 300, 77, 128, 0, 0, 0, 0)
+    # a layer wide enough to be split along K on both kernels needs a workspace (checked before
+    # any pointer is used)
+    for tokens in (2, 16):
+        assert _cuda.workspace_bytes(tokens, 1000, 1100, 256) > 0
+        with pytest.raises(ValueError, match="workspace of 0 bytes is too small"):
+            _cuda.qlinear(x.data_ptr(), 0, tokens, *([1] * 8), y.data_ptr(), 1000, 1100, 256, 0,
+                          0, 0, 0)

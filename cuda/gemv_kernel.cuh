@@ -1,0 +1,298 @@
+// y = x @ W.T + b for a packed layer and 1..8 tokens (the decode path): CUDA cores, f32
+// accumulation, one thread per two rows of a chunk.
+//
+// Why not the tensor cores here: at a few tokens the mma tiles are mostly padding, and their
+// fragment layout makes each lane read a window of a row's bit string (4 word rows per load,
+// bench/KERNELS.md v1-v3). The format's natural order is one row per thread: word row `b` of a
+// unit is 32 consecutive rows in 32 consecutive words, so a warp's load is one 128-byte line,
+// and the unit's 32 indices of a row sit in the thread's B registers at compile-time bit
+// positions once the depth is known (warp-uniform: the whole chunk shares a unit's depth).
+//
+// Work split. Block (chunk c, split s) owns all rows of chunk c (thread t: rows t and t + blockDim)
+// and the unit range of split s. It stages xs[token][position] = scale * x[token, col_perm] in f32
+// shared memory and the chunk term sum loc * x (the same for every row of the chunk), then walks
+// its units, the next unit's words loaded while the current one is decoded. Per weight and row:
+// one shift and one AND give 4 * q (unit_index_x4, decode.cuh), one shared load of T_B[q] from a
+// float table at a compile-time address (laplace or uniform table, filled on the host; entries of
+// one depth <= 5 sit in distinct banks), one FMA per token.
+//
+// Output: one split writes y[token, row_perm[row]] (+ bias) in x's dtype directly; with several,
+// each block adds its f32 partial to a zeroed workspace [n, kTokens] in permuted-row order and the
+// last block of the chunk (counter per chunk, reset by that block) writes y in original order.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "common.cuh"
+#include "decode.cuh"
+
+namespace radio::cuda {
+
+constexpr int kGemvMaxTokens = 8;      // the decode path takes 1..8 tokens
+constexpr int kGemvMaxThreads = 1024;  // two rows each: chunks of up to 2048 rows
+constexpr int kTableEntries = 510;     // T_B[q] of depths 1..8: depth B starts at 2^B - 2
+
+struct GemvParams {
+  const void* x;                    // [m, k] in Act
+  const std::uint32_t* qweight;     // [W]
+  const __half* scale;              // [C, Kp]
+  const __half* loc;                // [C, Kp]
+  const std::uint8_t* depth;        // [C, U]
+  const std::int32_t* unit_offset;  // [C, U]
+  const std::int32_t* row_perm;     // [n]
+  const std::int32_t* col_perm;     // [C, Kp]
+  const __half* bias;               // [n] or null
+  void* y;                          // [m, n] in Act
+  float* workspace;                 // [n, kTokens] f32, zeroed (splits > 1 only)
+  int* counters;                    // [C], zeroed (splits > 1 only)
+  int m, n, k, gs, units, padded_k;
+  int units_per_split, splits;
+  float table[512];  // T_B[q] of the layer's quantizer in f32 (entry 2^B - 2 + q), from the host
+};
+
+// Dynamic shared memory: xs [kTokens][units_per_split * 32] f32, then the block's unit offsets
+// (i32) and depths (u8).
+__host__ __device__ constexpr int gemv_smem_bytes(int tokens, int units_per_split) {
+  return tokens * units_per_split * 32 * 4 + units_per_split * (4 + 1);
+}
+
+// Words of one unit for the thread's two rows (up to 8 each; only `depth` are loaded).
+struct RowWords {
+  std::uint32_t a[8], b[8];
+};
+
+__device__ __forceinline__ void load_row_words(RowWords& w, const std::uint32_t* __restrict__ qw,
+                                               std::int64_t unit_word, int depth, int rows_c,
+                                               int row_a, int row_b) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    if (i < depth) {
+      const std::uint32_t* src = qw + unit_word + static_cast<std::int64_t>(i) * rows_c;
+      w.a[i] = row_a < rows_c ? __ldg(src + row_a) : 0u;
+      w.b[i] = row_b < rows_c ? __ldg(src + row_b) : 0u;
+    }
+  }
+}
+
+// One position j of a unit for both rows: T_B[q] from the table, times xs of every token.
+template <int kTokens, int kB, int kJ>
+__device__ __forceinline__ void gemv_position(float (&acc_a)[kTokens], float (&acc_b)[kTokens],
+                                              const std::uint32_t (&wa)[kB],
+                                              const std::uint32_t (&wb)[kB],
+                                              const unsigned char* table_b, const float (&x)[kTokens]) {
+  const float ta = *reinterpret_cast<const float*>(table_b + unit_index_x4<kB, kJ>(wa));
+  const float tb = *reinterpret_cast<const float*>(table_b + unit_index_x4<kB, kJ>(wb));
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    acc_a[t] = fmaf(ta, x[t], acc_a[t]);
+    acc_b[t] = fmaf(tb, x[t], acc_b[t]);
+  }
+}
+
+// Four positions 4g .. 4g+3: xs of every token as one 16-byte broadcast load.
+template <int kTokens, int kB, int kG>
+__device__ __forceinline__ void gemv_quad(float (&acc_a)[kTokens], float (&acc_b)[kTokens],
+                                          const std::uint32_t (&wa)[kB],
+                                          const std::uint32_t (&wb)[kB],
+                                          const unsigned char* table_b, const float* xs_unit,
+                                          int xs_stride) {
+  float4 v[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t)
+    v[t] = *reinterpret_cast<const float4*>(xs_unit + t * xs_stride + 4 * kG);
+  float x0[kTokens], x1[kTokens], x2[kTokens], x3[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    x0[t] = v[t].x;
+    x1[t] = v[t].y;
+    x2[t] = v[t].z;
+    x3[t] = v[t].w;
+  }
+  gemv_position<kTokens, kB, 4 * kG>(acc_a, acc_b, wa, wb, table_b, x0);
+  gemv_position<kTokens, kB, 4 * kG + 1>(acc_a, acc_b, wa, wb, table_b, x1);
+  gemv_position<kTokens, kB, 4 * kG + 2>(acc_a, acc_b, wa, wb, table_b, x2);
+  gemv_position<kTokens, kB, 4 * kG + 3>(acc_a, acc_b, wa, wb, table_b, x3);
+}
+
+template <int kTokens, int kB, int... kGs>
+__device__ __forceinline__ void gemv_unit(float (&acc_a)[kTokens], float (&acc_b)[kTokens],
+                                          const RowWords& w, const unsigned char* table,
+                                          const float* xs_unit, int xs_stride,
+                                          std::integer_sequence<int, kGs...>) {
+  std::uint32_t wa[kB], wb[kB];
+#pragma unroll
+  for (int i = 0; i < kB; ++i) {
+    wa[i] = w.a[i];
+    wb[i] = w.b[i];
+  }
+  const unsigned char* table_b = table + 4 * ((1 << kB) - 2);
+  (gemv_quad<kTokens, kB, kGs>(acc_a, acc_b, wa, wb, table_b, xs_unit, xs_stride), ...);
+}
+
+// The depth switch: one fully unrolled decode per bit width (0-bit units are loc only, already
+// in the chunk term).
+template <int kTokens>
+__device__ __forceinline__ void gemv_unit_any(int depth, float (&acc_a)[kTokens],
+                                              float (&acc_b)[kTokens], const RowWords& w,
+                                              const unsigned char* table, const float* xs_unit,
+                                              int xs_stride) {
+  constexpr auto kQuads = std::make_integer_sequence<int, 8>{};
+  switch (depth) {
+    case 1: gemv_unit<kTokens, 1>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 2: gemv_unit<kTokens, 2>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 3: gemv_unit<kTokens, 3>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 4: gemv_unit<kTokens, 4>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 5: gemv_unit<kTokens, 5>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 6: gemv_unit<kTokens, 6>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 7: gemv_unit<kTokens, 7>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 8: gemv_unit<kTokens, 8>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    default: break;
+  }
+}
+
+template <typename Act, int kTokens>
+__global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
+  // The table at a fixed shared address: the lookup is one LDS [offset + constant].
+  __shared__ __align__(16) float s_table[512];
+  __shared__ float s_term[kTokens];
+  __shared__ int s_max_depth, s_is_last;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int xs_stride = p.units_per_split * 32;
+  float* xs = reinterpret_cast<float*>(smem);
+  std::int32_t* s_offset = reinterpret_cast<std::int32_t*>(xs + kTokens * xs_stride);
+  std::uint8_t* s_depth = reinterpret_cast<std::uint8_t*>(s_offset + p.units_per_split);
+
+  const int chunk = blockIdx.x;
+  const int rows_c = min(p.gs, p.n - chunk * p.gs);
+  const int u_begin = blockIdx.y * p.units_per_split;
+  const int n_units = min(p.units, u_begin + p.units_per_split) - u_begin;
+  const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31;
+  const int m = p.m;
+
+  if (tid == 0) s_max_depth = 0;
+  if (tid < kTokens) s_term[tid] = 0.f;
+  __syncthreads();
+  const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
+  int max_depth = 0;
+  for (int i = tid; i < n_units; i += nthreads) {
+    const int d = p.depth[chunk_unit0 + i];
+    s_depth[i] = static_cast<std::uint8_t>(d);
+    s_offset[i] = p.unit_offset[chunk_unit0 + i];
+    max_depth = max(max_depth, d);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) max_depth = max(max_depth, __shfl_xor_sync(0xffffffffu, max_depth, o));
+  if (lane == 0 && max_depth > 0) atomicMax(&s_max_depth, max_depth);
+
+  // Stage xs and the chunk term for the block's positions.
+  const Act* x = static_cast<const Act*>(p.x);
+  const int npos = n_units * 32;
+  const std::int64_t pos0 = static_cast<std::int64_t>(chunk) * p.padded_k + 32LL * u_begin;
+  float term[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) term[t] = 0.f;
+  // Four positions per thread per pass, their loads issued before any use (the x gather
+  // depends on col_perm: two dependent global loads per position, the block's startup latency).
+  constexpr int kStage = 4;
+  for (int base = tid; base < npos; base += kStage * nthreads) {
+    int col[kStage];
+    float sc[kStage], lc[kStage];
+#pragma unroll
+    for (int j = 0; j < kStage; ++j) {
+      const int i = min(base + j * nthreads, npos - 1);
+      col[j] = p.col_perm[pos0 + i];
+      sc[j] = __half2float(p.scale[pos0 + i]);
+      lc[j] = __half2float(p.loc[pos0 + i]);
+    }
+    float xv[kStage][kTokens];
+#pragma unroll
+    for (int j = 0; j < kStage; ++j)
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t)
+        xv[j][t] = (t < m && col[j] < p.k)
+                       ? to_float(x[static_cast<std::int64_t>(t) * p.k + col[j]]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < kStage; ++j) {
+      const int i = base + j * nthreads;
+      if (i >= npos) break;
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        xs[t * xs_stride + i] = sc[j] * xv[j][t];
+        term[t] = fmaf(lc[j], xv[j][t], term[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) term[t] += __shfl_xor_sync(0xffffffffu, term[t], o);
+    if (lane == 0 && t < m) atomicAdd(&s_term[t], term[t]);
+  }
+  __syncthreads();  // s_max_depth, depths, offsets, xs
+  // Only the tables of the depths this block uses: depths 1..D are entries [0, 2^(D+1) - 2).
+  for (int i = tid; i < (2 << s_max_depth) - 2; i += nthreads) s_table[i] = p.table[i];
+  __syncthreads();
+
+  const int row_a = tid, row_b = tid + nthreads;
+  float acc_a[kTokens], acc_b[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) acc_a[t] = acc_b[t] = 0.f;
+  const unsigned char* table = reinterpret_cast<const unsigned char*>(s_table);
+  if (row_a < rows_c) {
+    RowWords cur, next;
+    if (n_units > 0) load_row_words(cur, p.qweight, s_offset[0], s_depth[0], rows_c, row_a, row_b);
+    for (int u = 0; u < n_units; ++u) {
+      if (u + 1 < n_units)
+        load_row_words(next, p.qweight, s_offset[u + 1], s_depth[u + 1], rows_c, row_a, row_b);
+      gemv_unit_any<kTokens>(s_depth[u], acc_a, acc_b, cur, table, xs + 32 * u, xs_stride);
+      cur = next;
+    }
+  }
+
+  Act* y = static_cast<Act*>(p.y);
+  const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * p.gs;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = h == 0 ? row_a : row_b;
+    if (row >= rows_c) continue;
+    const std::int64_t prow = perm_row0 + row;
+    if (p.splits == 1) {
+      const int orig = p.row_perm[prow];
+      const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t)
+        if (t < m)
+          y[static_cast<std::int64_t>(t) * p.n + orig] =
+              from_float<Act>((h == 0 ? acc_a[t] : acc_b[t]) + s_term[t] + b);
+    } else {
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t)
+        if (t < m) atomicAdd(p.workspace + prow * kTokens + t, (h == 0 ? acc_a[t] : acc_b[t]) + s_term[t]);
+    }
+  }
+  if (p.splits == 1) return;
+
+  // Last block of this chunk: the workspace rows are complete; write y in original row order.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_is_last = atomicAdd(&p.counters[chunk], 1) == p.splits - 1;
+  __syncthreads();
+  if (!s_is_last) return;
+  __threadfence();
+  for (int i = tid; i < rows_c * m; i += nthreads) {
+    const int row = i / m, t = i % m;
+    const std::int64_t prow = perm_row0 + row;
+    const int orig = p.row_perm[prow];
+    const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
+    y[static_cast<std::int64_t>(t) * p.n + orig] =
+        from_float<Act>(__ldcg(p.workspace + prow * kTokens + t) + b);
+  }
+  if (tid == 0) p.counters[chunk] = 0;
+}
+
+}  // namespace radio::cuda
