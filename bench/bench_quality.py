@@ -145,8 +145,9 @@ def _alarm(_signum, _frame):
 def attempt(budget: Budget, label: str, kind: str, fn) -> bool:
     """Run ``fn()`` unless the budget says it cannot finish; stop it at the budget's end."""
     if not budget.fits(kind):
-        why = (f"needs ~{budget.estimate(kind):.0f} s (longest {kind} run so far), "
-               f"{max(budget.left(), 0):.0f} s left")
+        why = ("no time left" if budget.left() <= 0 else
+               f"needs ~{budget.estimate(kind):.0f} s (longest {kind} run so far), "
+               f"{budget.left():.0f} s left")
         budget.skipped.append(f"{label} ({why})")
         print(f"  SKIPPED {label}: {why}", flush=True)
         return False

@@ -35,6 +35,7 @@ def test_a_run_that_would_not_fit_is_skipped_and_reported():
     assert len(budget.skipped) == 1 and budget.skipped[0].startswith("radio 4 (needs ~40 s")
     clock.now = 101.0
     assert not attempt(budget, "RTN 2", "RTN", lambda: ran.append("late"))  # nothing left
+    assert budget.skipped[-1] == "RTN 2 (no time left)"
     assert ran == [3, "rtn"] and len(budget.skipped) == 2
 
 
