@@ -4,6 +4,7 @@
 #   bash bench/run_gpu_model.sh stage1   # carry .model/p1 (first half) and .deps: stash it, build radio
 #   bash bench/run_gpu_model.sh stage2   # carry .model/p2 (second half, gguf wheel, data): run everything
 #   bash bench/run_gpu_model.sh llama7b  # carry .deps: Llama-2-7B shapes, random weights (no model file)
+#   bash bench/run_gpu_model.sh offload13b  # carry .deps: Llama-2-13B shapes with offload=True
 # .model/ is ignored by git; see bench/RESULTS.md for what these runs measured.
 set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
@@ -53,5 +54,16 @@ llama7b)
   step "Llama-2-7B shapes: quantize with the default (paper) settings"
   timeout "${SHAPES_TIMEOUT:-570}" python3 bench/bench_quantize.py llama2-7b-shapes --json "$OUT/llama2_7b_shapes.json" 2>&1 | no_bars | tail -40
   ;;
-*) echo "usage: $0 stage1|stage2|llama7b"; exit 2 ;;
+offload13b)
+  # Issue 7 item 1: Llama-2-13B shapes (random fp16 weights, built in host memory) quantized on
+  # one GPU with offload=True (FSDP2 CPU offload); no model file.
+  step "build radio"
+  python3 -c 'import radio' 2>/dev/null || build
+  step "offload tests (GPU)"
+  timeout 240 python3 -m pytest -x -q -p no:cacheprovider tests/python/test_offload.py 2>&1 | tail -6
+  step "Llama-2-13B shapes: quantize with offload=True"
+  timeout "${SHAPES_TIMEOUT:-420}" python3 bench/bench_quantize.py llama2-13b-shapes --offload \
+    --rounds "${OFFLOAD_ROUNDS:-2}" --json "$OUT/llama2_13b_offload.json" 2>&1 | no_bars | tail -40
+  ;;
+*) echo "usage: $0 stage1|stage2|llama7b|offload13b"; exit 2 ;;
 esac
