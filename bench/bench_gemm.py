@@ -39,6 +39,7 @@ PREFILL_RATE = 4.0
 GS = 256
 L2_BYTES = 50 * 2 ** 20
 DEFAULT_GEMV_WAVES = 6  # cuda/select_config.cu
+DEFAULT_GEMV_MAX_TOKENS = 4  # cuda/select_config.cu
 
 
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
@@ -162,7 +163,7 @@ def copies_for(bytes_per_copy: int) -> int:
 
 
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
-        gemv_waves=()) -> None:
+        gemv_waves=(), compare_small: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
@@ -192,10 +193,16 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 t16 = time_graph(f16_calls)
                 paths = (["dequant", "kernel"] if tokens > 64 else
                          [_cuda.config(tokens, n, k, GS)["kernel"]])
+                if compare_small and 1 < tokens <= 8:
+                    # the same token count on the other kernel
+                    paths.append("gemv" if paths[0] == "qmma" else "qmma")
                 for path in paths:
-                    ops.PREFILL_PATH = path
+                    ops.PREFILL_PATH = path if tokens > 64 else "dequant"
+                    if tokens <= 8:
+                        _cuda.set_gemv_max_tokens(8 if path == "gemv" else 0)
                     trad = time_graph(radio_calls)
                     ops.PREFILL_PATH = "dequant"
+                    _cuda.set_gemv_max_tokens(DEFAULT_GEMV_MAX_TOKENS)
                     read = kernel_read_bytes(first, tokens)
                     row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
                                tokens=tokens, path=path, f16_us=round(t16, 2),
@@ -231,6 +238,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two shapes, two rates")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="token counts (1..64)")
+    ap.add_argument("--compare-small", action="store_true",
+                    help="time 2..8 tokens on both the gemv and the qmma kernel (the threshold)")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -248,7 +257,8 @@ def main() -> None:
           f"{'bw frac':>7} {'f16 bw':>7} path")
     rows: list = []
     t0 = time.time()
-    run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves)
+    run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
+        args.compare_small)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

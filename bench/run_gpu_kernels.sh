@@ -78,7 +78,7 @@ if [ "$MODE" = profile ]; then
 elif [ "$MODE" = full ]; then
   timeout 420 python3 bench/bench_gemm.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 else
-  timeout 240 python3 bench/bench_gemm.py --quick --tokens 1 4 8 16 --gemv-waves 4 8 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  timeout 240 python3 bench/bench_gemm.py --quick --tokens 1 4 8 16 --compare-small --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if [ "$MODE" = quick ] || [ "$MODE" = full ] || [ "$MODE" = quick-profile ]; then
   step "end-to-end decode (batch 1, CUDA graphs)"

@@ -1,4 +1,4 @@
-// y = x @ W.T + b for a packed layer and 1..8 tokens (the decode path): CUDA cores, f32
+// y = x @ W.T + b for a packed layer and 1..4 tokens (the decode path; instances up to 8): CUDA cores, f32
 // accumulation, one thread per two rows of a chunk.
 //
 // Why not the tensor cores here: at a few tokens the mma tiles are mostly padding, and their
@@ -30,10 +30,10 @@
 
 #include "common.cuh"
 #include "decode.cuh"
+#include "ops.hpp"  // kGemvMaxTokens
 
 namespace radio::cuda {
 
-constexpr int kGemvMaxTokens = 8;      // the decode path takes 1..8 tokens
 constexpr int kGemvMaxThreads = 1024;  // two rows each: chunks of up to 2048 rows
 constexpr int kTableEntries = 510;     // T_B[q] of depths 1..8: depth B starts at 2^B - 2
 

@@ -9,6 +9,7 @@
 #include "common.cuh"
 #include "dequant_kernel.cuh"
 #include "gemv_kernel.cuh"
+#include "qmma_kernel.cuh"
 #include "ops.hpp"
 #include "qlinear_kernel.cuh"
 
@@ -27,6 +28,19 @@ cudaError_t launch_gemv_instance(const GemvParams& p, const QlinearConfig& c,
                                  cudaStream_t stream) {
   const dim3 grid(c.grid_x, c.grid_y);
   gemv_kernel<Act, kTokens><<<grid, c.threads, c.smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename Act, int kTokTiles>
+cudaError_t launch_qmma_instance(const QmmaParams& p, const QlinearConfig& c,
+                                 cudaStream_t stream) {
+  const dim3 grid(c.grid_x, c.grid_y, c.grid_z);
+  if (c.smem_bytes > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        qmma_kernel<Act, kTokTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes);
+    if (err != cudaSuccess) return err;
+  }
+  qmma_kernel<Act, kTokTiles><<<grid, c.threads, c.smem_bytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -61,6 +75,9 @@ cudaError_t launch_dequant(const DequantParams& p, const DequantConfig& c, cudaS
 template <typename Act>
 cudaError_t launch_gemv(const GemvParams& p, const QlinearConfig& c, cudaStream_t stream);
 
+template <typename Act>
+cudaError_t launch_qmma(const QmmaParams& p, const QlinearConfig& c, cudaStream_t stream);
+
 #define RADIO_INSTANTIATE_GEMV(Act)                                                            \
   template <>                                                                                  \
   cudaError_t launch_gemv<Act>(const GemvParams& p, const QlinearConfig& c, cudaStream_t s) {  \
@@ -70,6 +87,11 @@ cudaError_t launch_gemv(const GemvParams& p, const QlinearConfig& c, cudaStream_
       case 4: return launch_gemv_instance<Act, 4>(p, c, s);                                    \
       default: return launch_gemv_instance<Act, 8>(p, c, s);                                   \
     }                                                                                          \
+  }                                                                                            \
+  template <>                                                                                  \
+  cudaError_t launch_qmma<Act>(const QmmaParams& p, const QlinearConfig& c, cudaStream_t s) {  \
+    return c.tok_tiles <= 2 ? launch_qmma_instance<Act, 2>(p, c, s)                            \
+                            : launch_qmma_instance<Act, 4>(p, c, s);                           \
   }
 
 #define RADIO_INSTANTIATE_KERNELS(Act, kQ)                                                     \

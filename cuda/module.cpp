@@ -136,6 +136,14 @@ PYBIND11_MODULE(_cuda, m) {
         radio::cuda::set_gemv_waves(waves);
       },
       py::arg("waves"), "Benchmark tuning: waves of blocks the decode path's K split aims at.");
+  m.def(
+      "set_gemv_max_tokens",
+      [](int tokens) {
+        RADIO_CHECK(tokens >= 0 && tokens <= radio::cuda::kGemvMaxTokens,
+                    "gemv max tokens must be in 0..", radio::cuda::kGemvMaxTokens, ", got ", tokens);
+        radio::cuda::set_gemv_max_tokens(tokens);
+      },
+      py::arg("tokens"), "Benchmark tuning: token counts up to this take the gemv path.");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -144,7 +152,7 @@ PYBIND11_MODULE(_cuda, m) {
       [](int tokens, int n, int k, int gs) {
         const auto c = qlinear_config(tokens, n, k, gs);
         py::dict d;
-        d["kernel"] = c.gemv ? "gemv" : "mma";
+        d["kernel"] = c.gemv ? "gemv" : c.qmma ? "qmma" : "mma";
         d["gemv_tokens"] = c.gemv_tokens;
         d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;
@@ -154,7 +162,7 @@ PYBIND11_MODULE(_cuda, m) {
         d["units_per_split"] = c.units_per_split;
         d["splits"] = c.splits;
         d["tok_groups"] = c.tok_groups;
-        d["grid"] = py::make_tuple(c.grid_x, c.grid_y);
+        d["grid"] = py::make_tuple(c.grid_x, c.grid_y, c.grid_z);
         d["smem_bytes"] = c.smem_bytes;
         d["workspace_bytes"] = c.workspace_bytes;
         return d;

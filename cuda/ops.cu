@@ -95,12 +95,61 @@ std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   return cuda_error(err, "gemv launch");
 }
 
+// T_B[q] as 16-bit patterns of the mma type M, for either quantizer.
+template <typename M>
+void fill_table16(Quant q, std::uint16_t (&table)[512]) {
+  float f32[512];
+  fill_table_f32(q, f32);
+  for (int i = 0; i < 512; ++i) {
+    const M h = static_cast<M>(f32[i]);
+    std::memcpy(&table[i], &h, 2);
+  }
+}
+
+std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  QmmaParams p{};
+  fill_layer(p, layer);
+  p.x = reinterpret_cast<const void*>(x);
+  p.bias = reinterpret_cast<const __half*>(layer.bias);
+  p.y = reinterpret_cast<void*>(y);
+  p.m = m;
+  p.units_per_split = c.units_per_split;
+  p.splits = c.splits;
+  if (c.workspace_bytes > 0) {
+    p.workspace = reinterpret_cast<float*>(workspace);
+    p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
+    const std::string err = cuda_error(
+        cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
+        "workspace memset");
+    if (!err.empty()) return err;
+  }
+  const Quant q = static_cast<Quant>(layer.quantizer);
+  cudaError_t err;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kHalf:
+      fill_table16<__half>(q, p.table);
+      err = launch_qmma<__half>(p, c, s);
+      break;
+    case DType::kBFloat16:
+      fill_table16<__nv_bfloat16>(q, p.table);
+      err = launch_qmma<__nv_bfloat16>(p, c, s);
+      break;
+    default:
+      fill_table16<__half>(q, p.table);
+      err = launch_qmma<float>(p, c, s);
+      break;
+  }
+  return cuda_error(err, "qmma launch");
+}
+
 }  // namespace
 
 std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
                     std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
                     std::uintptr_t stream) {
   if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
+  if (c.qmma) return qmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   QlinearParams p{};
   fill_layer(p, layer);
   p.x = reinterpret_cast<const void*>(x);

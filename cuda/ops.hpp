@@ -11,12 +11,17 @@ namespace radio::cuda {
 
 constexpr int kMaxKernelTokens = 64;  // tokens per block of the tensor-core kernel
 constexpr int kMaxBlockUnits = 1024;  // units of K one block walks (its depths/offsets in smem)
+constexpr int kGemvMaxTokens = 8;     // most tokens the gemv instances hold (default limit: 4)
 
 struct QlinearConfig {
-  // The decode path (gemv_kernel.cuh, CUDA cores) for 1..8 tokens; otherwise the tensor-core
-  // kernel (qlinear_kernel.cuh). Fields below marked "mma" belong to the latter.
+  // The decode path (gemv_kernel.cuh, CUDA cores) for 1..4 tokens, qmma_kernel.cuh for 5..64;
+  // otherwise the older tensor-core kernel (qlinear_kernel.cuh; fields marked "mma").
   bool gemv = false;
   int gemv_tokens = 0;      // tokens the gemv instance holds (template parameter): 1, 2, 4, 8
+  // 5..64 tokens: decode to shared memory + tensor cores (qmma_kernel.cuh); tok_tiles of 8
+  // tokens (2 or 4), token groups of 32 along grid z.
+  bool qmma = false;
+  int grid_z = 1;
   int threads = 512;        // threads per block
   int tok_tiles = 1;        // mma: token tiles of 8 (template parameter): 1, 2, 4 or 8
   int warps = 16;           // mma: warps per block; one per 16 rows
@@ -47,6 +52,9 @@ bool use_dequant_gemm(int m, int n, int k);
 // Waves of blocks the gemv K split aims at (default 6): a knob for bench/bench_gemm.py's sweep,
 // not an API; select_config.cu documents the choice.
 void set_gemv_waves(int waves);
+// Largest token count the gemv path takes (default 4, at most kGemvMaxTokens; above it qmma):
+// the other knob of the benchmark's sweep.
+void set_gemv_max_tokens(int tokens);
 int device_sm_count();  // -1 when CUDA cannot tell
 
 

@@ -2,14 +2,18 @@
 // by the caller (module.cpp): nothing here throws (no C++ exception leaves nvcc-built code; on the
 // GPU machine one did not unwind through it).
 //
-// qlinear, 1..8 tokens with chunks of at most 256 rows: the CUDA-core decode path
+// qlinear, 1..4 tokens (1..8 possible, g_gemv_max_tokens) with chunks of at most 256 rows: the
+// CUDA-core decode path
 // (gemv_kernel.cuh):
 // - tokens rounded up to 1, 2, 4 or 8 (template parameter);
 // - one block per chunk and K split, one thread per two rows (128 threads for 256 rows);
 // - K split: about g_gemv_waves (6) waves of blocks at 8 resident blocks of 128 threads per SM, at least
 //   kGemvMinUnits units per block (staging and the last-block write are per block) and at most
 //   what keeps xs (tokens x positions x 4 bytes) within kGemvXsBytes.
-// qlinear, otherwise (1..64 tokens, the tensor-core kernel):
+// qlinear, 5..64 tokens with chunks of at most 256 rows: decode into shared memory + tensor cores
+// (qmma_kernel.cuh), the gemv split rule with 3 blocks per SM, token groups of 32 along grid z.
+// qlinear, otherwise (1..64 tokens with larger chunks, or the "kernel" prefill path: the older
+// tensor-core kernel):
 // - token tiles of 8: the smallest of 1, 2, 4, 8 tiles that holds m (template parameter);
 // - one warp per 16 rows of a chunk, up to 16 warps (256 rows: a whole default chunk, so the
 //   chunk's scale/loc/col_perm are read by one block only);
@@ -47,6 +51,10 @@ int device_sm_count() {
 namespace {
 constexpr int kGemvMaxRows = 256;      // rows per chunk the gemv block covers (2 per thread)
 int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
+// Up to 4 tokens the gemv path is faster, at 8 the qmma path (H100, bench_gemm --compare-small,
+// 4096x4096 and 49152x12288 at 3 and 4 bpw: 4 tokens 342 vs 386 us, 8 tokens 617 vs 437 us on
+// the larger shape; bench/KERNELS.md).
+int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
 constexpr int kGemvMinUnits = 4;
 constexpr int kGemvXsBytes = 32 * 1024;
 
@@ -73,12 +81,42 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   }
   return c;
 }
+// 9..64 tokens, chunks of at most 256 rows: qmma_kernel.cuh. The same K split rule as the gemv
+// path, with xs (tokens x positions, 16-bit) within kGemvXsBytes.
+QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
+  QlinearConfig c;
+  c.qmma = true;
+  c.tok_tiles = m <= 16 ? 2 : 4;
+  c.threads = kQmmaThreads;
+  c.grid_z = ceil_div(m, kQmmaGroupTokens);
+  const int tokens = 8 * c.tok_tiles;
+  const int units = ceil_div(k, 32);
+  const int chunks = ceil_div(n, gs);
+  const int resident = sm_count * 3;  // ~3 blocks of 128 threads per SM (registers)
+  const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks * c.grid_z));
+  const int max_units = std::max(1, kGemvXsBytes / (tokens * 32 * 2));
+  c.units_per_split = std::clamp(ceil_div(units, want_splits), std::min(kGemvMinUnits, units),
+                                 max_units);
+  c.splits = ceil_div(units, c.units_per_split);
+  c.grid_x = chunks;
+  c.grid_y = c.splits;
+  c.smem_bytes = qmma_smem_bytes(tokens, c.units_per_split);
+  if (c.splits > 1) {
+    const std::int64_t partial =
+        static_cast<std::int64_t>(c.grid_z) * n * kQmmaGroupTokens * 4;
+    c.counters_offset = (partial + 255) / 256 * 256;
+    c.workspace_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_z) * chunks * 4;
+  }
+  return c;
+}
 }  // namespace
 
 void set_gemv_waves(int waves) { g_gemv_waves = waves; }
+void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
-  if (m <= kGemvMaxTokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
+  if (m <= g_gemv_max_tokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
+  if (m <= kQmmaMaxTokens && gs <= kGemvMaxRows) return select_qmma_config(m, n, k, gs, sm_count);
   QlinearConfig c;
   c.tok_tiles = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
   const int tokens = 8 * c.tok_tiles;

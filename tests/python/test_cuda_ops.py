@@ -32,9 +32,10 @@ pytestmark = [
 BUDGET = {torch.float16: 4e-3, torch.bfloat16: 2.5e-2, torch.float32: 2e-3}
 
 # (N, K, gs): aligned; K not a multiple of 32 and a ragged last chunk; gs smaller than 256;
-# N, K not multiples of 128; one short chunk; a wide layer with few rows
+# N, K not multiples of 128; one short chunk; a wide layer with few rows; chunks of 512 rows (the
+# older tensor-core kernel takes every token count there: gemv and qmma cover chunks <= 256)
 SHAPES = [(512, 512, 256), (300, 77, 128), (517, 333, 64), (1000, 1100, 256), (37, 33, 256),
-          (256, 4000, 256)]
+          (256, 4000, 256), (700, 300, 512)]
 TOKENS = [1, 3, 8, 9, 16, 17, 33, 64, 65, 130]  # 65+: ops.PREFILL_PATH
 
 
@@ -57,6 +58,21 @@ def test_qlinear_matches_float64(n, k, gs, quantizer, dtype):
         assert torch.isfinite(y).all(), (tokens, "non-finite output")
         err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
         assert err < BUDGET[dtype], (tokens, err)
+
+
+def test_gemv_up_to_eight_tokens_when_asked():
+    """The gemv instances for 5..8 tokens (taken only when set_gemv_max_tokens allows them)."""
+    layer, w64 = _layer(1000, 1100, 256, 0, seed=21)
+    try:
+        _cuda.set_gemv_max_tokens(8)
+        for tokens in (5, 8):
+            assert _cuda.config(tokens, 1000, 1100, 256)["kernel"] == "gemv"
+            x = torch.randn(tokens, 1100, device="cuda").half()
+            y = ops.qlinear(x, **layer)
+            assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
+    finally:
+        _cuda.set_gemv_max_tokens(4)
+    assert _cuda.config(8, 1000, 1100, 256)["kernel"] == "qmma"
 
 
 @pytest.mark.parametrize("depth", list(range(0, 9)))
@@ -85,10 +101,10 @@ def _raw_call(layer, x, y, stream):
 @pytest.mark.parametrize("tokens", [1, 3, 8, 16, 64])
 def test_every_output_written_single_and_split(n, k, gs, tokens):
     """Poisoned output (NaN): every element must be overwritten, with and without a K split, on
-    both kernels (gemv for 1..8 tokens, the tensor-core kernel above)."""
+    both kernels (gemv for 1..4 tokens, qmma for 5..64)."""
     layer, w64 = _layer(n, k, gs, 0, seed=tokens)
     cfg = _cuda.config(tokens, n, k, gs)
-    assert cfg["kernel"] == ("gemv" if tokens <= 8 else "mma"), cfg
+    assert cfg["kernel"] == ("gemv" if tokens <= 4 else "qmma"), cfg
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
     y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
     _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
@@ -178,9 +194,9 @@ def test_sanitize_small():
             x = torch.randn(tokens, 77, device="cuda").to(dtype)
             y = ops.qlinear(x, **layer)
             assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[dtype]
-        # K split (workspace, counters, last-block write) on both kernels
+        # K split (workspace, counters, last-block write) on both kernels; two token groups
         layer, w64 = _layer(1000, 1100, 256, quantizer, seed=9 + quantizer)
-        for tokens in (1, 8, 16):
+        for tokens in (1, 8, 16, 40):
             assert _cuda.config(tokens, 1000, 1100, 256)["splits"] > 1
             x = torch.randn(tokens, 1100, device="cuda").half()
             y = ops.qlinear(x, **layer)
