@@ -20,6 +20,7 @@ from typing import Optional, Union
 ESTIMATORS = ("random_sign", "per_token")
 QUANTIZERS = ("laplace", "uniform")
 ROUNDINGS = ("rd", "nearest")
+ROUND_WEIGHTINGS = ("cumulative", "normalized")  # radio.round_weighting
 REFINE_SEARCHES = ("full", "coarse")  # the same names as radio.torch_quant.REFINE_SEARCHES
 PRESETS = ("paper", "cpu")
 
@@ -69,6 +70,13 @@ class QuantConfig:
             ``"per_token"`` (one backward pass per sampled token, the paper's).
         micro_batch: sequences per forward/backward pass (None: chosen from memory;
             ``per_token`` always uses 1).
+        round_weighting: how the rounds' squared gradients add up (``radio.round_weighting``).
+            ``"cumulative"``: as measured, every sequence weighing the same (the paper's
+            cumulative mean). ``"normalized"``: each round's statistics scaled so that their
+            total over all layers equals round 1's, every round having the same say in the
+            relative sensitivities (the allocation is invariant to a global scale). From
+            round 2 on the gradients are measured on the quantized model, and at low rates
+            their scale explodes in the early blocks (issue 5).
 
     Calibration data
         calib_sequences: windows cut from calibration text (fixed-seed offsets).
@@ -108,6 +116,7 @@ class QuantConfig:
     pca_sequences: Optional[int] = None
     estimator: str = "random_sign"
     micro_batch: Optional[int] = None
+    round_weighting: str = "cumulative"
 
     calib_sequences: int = 128
     generate_sequences: int = 16
@@ -146,6 +155,7 @@ class QuantConfig:
         _check_choice("estimator", self.estimator, ESTIMATORS)
         if self.micro_batch is not None:
             _check_int("micro_batch", self.micro_batch, 1)
+        _check_choice("round_weighting", self.round_weighting, ROUND_WEIGHTINGS)
         _check_int("calib_sequences", self.calib_sequences, 1)
         _check_int("generate_sequences", self.generate_sequences, 1)
         if self.generate_length is not None:

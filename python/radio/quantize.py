@@ -46,6 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import calibration, checkpoint, distributed, grouping, layer, sensitivity, torch_quant
+from .round_weighting import RoundWeighting
 from . import offload as streaming
 from .config import QuantConfig
 from .format import LayerGeometry, PackedLayer
@@ -916,6 +917,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                           f"for {distributed.world_size()} processes: some ranks stay idle; set "
                           "QuantConfig.micro_batch (the same at every scale) lower",
                           stacklevel=2)
+        weighting = RoundWeighting(config.round_weighting, history)
         for r in range(first_round, config.rounds):
             t0 = _now(device)
             # The whole round's signs from the shared generator (torch draws them element by
@@ -923,6 +925,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
             # on whichever rank runs it.
             round_signs = (sensitivity.rademacher((per_round, positions.numel()), generator)
                            if config.estimator == "random_sign" else None)
+            weighting.begin_round(session.states)
             distributed.clear_local_statistics(session.states)
             done = 0
             for m in distributed.my_indices(len(micro_batches)):  # micro-batch m: rank m % world
@@ -934,6 +937,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                 bar.update(len(chunk))
                 done += len(chunk)
             distributed.all_reduce_states(session.states)
+            mass = weighting.end_round(session.states)  # after the all-reduce: alike on all ranks
             bar.update(per_round - done)
             seq_counter += per_round
             t1 = _now(device)
@@ -949,7 +953,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
             history.append({"round": r + 1, "log2_V": float(alloc.report.get("log2_V", math.nan)),
                             "bits_per_weight": alloc.bits_per_weight,
                             "relative_distortion": alloc.relative_distortion,
-                            "seconds": t3 - t0})
+                            "gradient_mass": mass, "seconds": t3 - t0})
             if device.type == "cuda":
                 history[-1]["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / (1 << 30)
             bar.set_postfix(bpw=f"{alloc.bits_per_weight:.3f}",
