@@ -12,12 +12,16 @@ or with --offload in host memory (random values drawn on the GPU one tensor at a
 out, so that the GPU never holds the whole model). They calibrate on fixed random token ids
 (CALIB_ROWS sequences of the preset's length): sampling text from the model would dominate the
 time (and cannot be done from a streamed model). Prints wall time per phase and per round, peak
-GPU memory (allocated and reserved), peak host RSS and the model's size.
+GPU memory (allocated and reserved), peak host RSS and the model's size, and the host RSS of
+each phase (``host_rss_gib``: resident after it and its peak, via radio.host_memory; the session's
+methods are wrapped to mark the phases: wrapping, output directions, backprop, plan,
+requantize, final packing into modules).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import resource
 import sys
@@ -26,6 +30,12 @@ import time
 import torch
 
 import radio
+from radio import host_memory
+
+quantize_module = importlib.import_module("radio.quantize")  # the module, not the function
+
+# Session methods that start and end a phase of host memory (bench_quantize wraps them).
+PHASES = ["install", "stream", "output_directions", "backprop", "plan", "requantize", "finish"]
 
 
 CALIB_ROWS = 64  # random calibration sequences of the shaped models (rounds cycle over them)
@@ -92,6 +102,42 @@ def build(name: str, device: str, offload: bool = False):
     return model.eval()
 
 
+class HostMemoryPhases:
+    """Host RSS per phase: after each call of a PHASES method of the quantize session, the
+    resident size and the peak since the previous mark (GiB; the max over calls)."""
+
+    def __init__(self) -> None:
+        self.figures: dict = {}
+        self._saved = {}
+
+    def mark(self, phase: str) -> None:
+        peak, now = host_memory.peak_rss_bytes() / 2**30, host_memory.rss_bytes() / 2**30
+        old = self.figures.get(phase, {"peak": 0.0, "after": 0.0})
+        self.figures[phase] = {"peak": round(max(old["peak"], peak), 3),
+                               "after": round(max(old["after"], now), 3)}
+        host_memory.reset_peak_rss()
+
+    def __enter__(self):
+        session = quantize_module._Session
+        for name in PHASES:
+            original = getattr(session, name)
+            self._saved[name] = original
+
+            def wrapped(*args, _original=original, _name=name, **kwargs):
+                self.mark("before " + _name)
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self.mark(_name)
+            setattr(session, name, wrapped)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, original in self._saved.items():
+            setattr(quantize_module._Session, name, original)
+        self._saved = {}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=MODELS)
@@ -106,9 +152,12 @@ def main(argv=None) -> int:
     if args.offload and args.model == "smollm2":
         p.error("--offload is for the random-weight models (shaped or tiny)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    phases = HostMemoryPhases()
+    host_memory.reset_peak_rss()
     t0 = time.perf_counter()
     model = build(args.model, device, offload=args.offload)
     build_seconds = time.perf_counter() - t0
+    phases.mark("build")
     model_gib = sum(t.numel() * t.element_size() for t in model.parameters()) / 2**30
     config = radio.QuantConfig.for_device(device)
     if args.rounds is not None:
@@ -122,11 +171,13 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    radio.quantize(model, bits=args.bits, calib=calib, config=config, verbose=False,
-                   offload=(True if device == "cuda" else "cpu") if args.offload else False)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    with phases:
+        radio.quantize(model, bits=args.bits, calib=calib, config=config, verbose=False,
+                       offload=(True if device == "cuda" else "cpu") if args.offload else False)
+        if device == "cuda":
+            torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    phases.mark("end")
     rep = model.radio_report
     figures = {
         "model": args.model, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -141,8 +192,12 @@ def main(argv=None) -> int:
         "peak_gpu_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device == "cuda"
                                   else None),
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "host_rss_gib": phases.figures,
     }
-    print(json.dumps(figures, indent=1))
+    # The phases on one line (a run's log keeps only its tail); the --json file has them all.
+    print(json.dumps({k: v for k, v in figures.items() if k != "host_rss_gib"}, indent=1))
+    print("host_rss_gib (phase: [peak, after]):", json.dumps(
+        {k: [v["peak"], v["after"]] for k, v in phases.figures.items()}, separators=(",", ":")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

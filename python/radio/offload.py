@@ -1,7 +1,7 @@
 """``radio.quantize(..., offload=True)``: calibrate a model bigger than the GPU (issue 7, item 1).
 
 The weights stay in host memory and PyTorch's FSDP2 streams them to the GPU block by block:
-``fully_shard(block, offload_policy=CPUOffloadPolicy(pin_memory=True))`` on every decoder block,
+``fully_shard(block, offload_policy=CPUOffloadPolicy(...))`` on every decoder block,
 and once more on the root (the module the calibration calls: ``base_model`` of a transformers
 causal LM, holding the embeddings and the final norm). Before a block's forward FSDP copies its
 parameters to the GPU ("all-gather" of one shard: the whole tensor at one rank), frees the copy
@@ -13,8 +13,17 @@ here schedules copies by hand.
 The layer probes (``sensitivity.LayerProbe``) own the layer's ORIGINAL weight as a parameter, so
 that FSDP manages (streams) it, and compute the working (quantized) weight from it on the device
 (``LayerState.recipe``, set by each round's ``requantize``). The session's originals are FSDP's
-pinned host storage (``local_weight``: at one rank per group the local shard is the whole
+host storage (``local_weight``: at one rank per group the local shard is the whole
 tensor); ``on_wrapped`` lets the caller drop the model's own copy unit by unit.
+
+Pinning: FSDP's own ``pin_memory=True`` takes its pinned copies from PyTorch's caching host
+allocator, which rounds every request up to a power of two (torch 2.15 by default: a 135 MiB
+13824 x 5120 fp16 matrix takes 256 MiB, a 50 MiB 5120 x 5120 one 64 MiB: 1.7x over a Llama
+block) and keeps freed blocks cached after the run. So FSDP is asked for pageable host copies
+(``pin_memory=False``, exact sizes) and ``HostPinning`` page-locks each one in place with
+``cudaHostRegister`` (and unregisters it when the wrapping is removed): the copies to the GPU
+still run asynchronously from page-locked memory (``tensor.is_pinned()`` is True), and the host
+holds each weight once, at its size.
 
 Process group: FSDP needs one. Without an initialised ``torch.distributed``, a 1-rank group is
 created here (NCCL on a GPU, gloo for the CPU test device) and destroyed at the end. Under
@@ -22,9 +31,9 @@ created here (NCCL on a GPU, gloo for the CPU test device) and destroyed at the 
 full copy of the weights (as ``radio.distributed`` keeps a full model per rank); sharding the
 weights ACROSS ranks is not done.
 
-Host memory: one copy of every quantized weight (FSDP's pinned storage, also the session's
-original and the replaced ``nn.Linear``'s weight) and two of the root's parameters (the model's
-own, put back at the end, and FSDP's). See docs/design.md ("Offload") for the arithmetic.
+Host memory: one copy of every quantized weight (FSDP's host storage, page-locked in place, also
+the session's original and the replaced ``nn.Linear``'s weight) and two of the root's parameters
+(the model's own, put back at the end, and FSDP's). See docs/design.md ("Offload") for the arithmetic.
 
 At the end the FSDP wrapping is removed: hooks, the FSDP classes and state go, the model's
 original parameter objects (never moved) and buffers (moved back) are put back (the quantized
@@ -37,12 +46,13 @@ import importlib
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["compute_device", "check_streamable", "StreamedModel"]
+__all__ = ["compute_device", "check_streamable", "HostPinning", "StreamedModel"]
 
 OffloadArg = Union[bool, str, torch.device]
 
@@ -97,14 +107,102 @@ def _fsdp():
     return fully_shard, CPUOffloadPolicy, FSDPModule
 
 
+class HostPinning:
+    """Page-locks host tensors in place and undoes it: the bookkeeping of ``cudaHostRegister``.
+
+    ``add(tensor)`` registers the tensor's whole storage once (storages shared by several
+    tensors, such as tied weights, are registered once) and keeps a reference to it, so that the
+    memory cannot be freed while registered; ``release()`` unregisters every storage (newest
+    first) and lets go of them. Storages below ``min_bytes`` stay pageable: their copies are
+    tiny, and small tensors share pages with other allocations (the driver refuses to register
+    a page twice). ``register(ptr, nbytes)`` / ``unregister(ptr)`` return True on success; the
+    defaults call the CUDA runtime, tests pass fakes. A storage the driver refuses stays
+    pageable (still correct, copied synchronously) and is reported in one warning.
+    """
+
+    def __init__(self, register: Optional[Callable[[int, int], bool]] = None,
+                 unregister: Optional[Callable[[int], bool]] = None,
+                 min_bytes: int = 1 << 20) -> None:
+        if min_bytes < 0:
+            raise ValueError(f"min_bytes must be >= 0, got {min_bytes}")
+        self._register = register if register is not None else _cuda_host_register
+        self._unregister = unregister if unregister is not None else _cuda_host_unregister
+        self.min_bytes = min_bytes
+        self._pinned: Dict[int, torch.UntypedStorage] = {}  # data_ptr -> storage (kept alive)
+        self.refused: List[Tuple[int, int]] = []  # (ptr, nbytes) the driver did not register
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(s.nbytes() for s in self._pinned.values())
+
+    def __len__(self) -> int:
+        return len(self._pinned)
+
+    def add(self, tensor: torch.Tensor) -> bool:
+        """Page-lock ``tensor``'s storage; True when it is (now or already) registered here."""
+        if tensor.device.type != "cpu":
+            raise ValueError(f"HostPinning.add expects a host tensor, got one on "
+                             f"{tensor.device}")
+        storage = tensor.untyped_storage()
+        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        if ptr in self._pinned:
+            return True
+        if nbytes < self.min_bytes or nbytes == 0:
+            return False
+        if not self._register(ptr, nbytes):
+            self.refused.append((ptr, nbytes))
+            return False
+        self._pinned[ptr] = storage
+        return True
+
+    def release(self) -> None:
+        """Unregister everything (idempotent); the storages become ordinary pageable memory."""
+        failed = 0
+        while self._pinned:
+            ptr, _ = self._pinned.popitem()  # newest first
+            if not self._unregister(ptr):
+                failed += 1
+        if failed:
+            warnings.warn(f"radio offload: cudaHostUnregister failed for {failed} host "
+                          "buffers", RuntimeWarning, stacklevel=2)
+
+    def warn_refused(self) -> None:
+        if self.refused:
+            total = sum(n for _, n in self.refused) / (1 << 20)
+            warnings.warn(f"radio offload: cudaHostRegister refused {len(self.refused)} host "
+                          f"buffers ({total:.1f} MiB); they stay pageable (copied to the GPU "
+                          "synchronously, slower)", RuntimeWarning, stacklevel=2)
+            self.refused = []
+
+
+def default_pinning(device: torch.device) -> Optional[HostPinning]:
+    """Page-locking with the CUDA runtime on a GPU; none for the CPU test device."""
+    return HostPinning() if device.type == "cuda" else None
+
+
+def _cuda_host_register(ptr: int, nbytes: int) -> bool:
+    cudart = torch.cuda.cudart()
+    # flags 0 (cudaHostRegisterDefault): page-locked, usable by the current device's copies
+    return cudart.cudaHostRegister(ptr, nbytes, 0) == cudart.cudaError.success
+
+
+def _cuda_host_unregister(ptr: int) -> bool:
+    cudart = torch.cuda.cudart()
+    return cudart.cudaHostUnregister(ptr) == cudart.cudaError.success
+
+
 class StreamedModel:
     """FSDP2 wrapping of a model for one ``radio.quantize`` call; ``close()`` removes it."""
 
     def __init__(self, model: nn.Module, root: nn.Module, blocks: nn.ModuleList,
                  probes: Sequence[nn.Module], device: torch.device,
-                 on_wrapped: Optional[Callable[[nn.Module], None]] = None) -> None:
+                 on_wrapped: Optional[Callable[[nn.Module], None]] = None,
+                 pinning: Optional[HostPinning] = None) -> None:
+        """``pinning``: page-locks FSDP's host copies (default: ``default_pinning(device)``;
+        tests pass one with a fake registrar)."""
         fully_shard, cpu_offload, self._fsdp_module = _fsdp()
         self.device = device
+        self.pinning = pinning if pinning is not None else default_pinning(device)
         self._created_dir: Optional[str] = None
         self._own_groups: List = []
         self.units: List[nn.Module] = []
@@ -118,14 +216,21 @@ class StreamedModel:
             root_modules = set(map(id, root.modules()))
             outside = [p for p in probes if id(p) not in root_modules]  # the LM head's probe
             self._take_parameters(list(root.modules()) + outside, probes)
-            policy = cpu_offload(pin_memory=device.type == "cuda")
+            # Pageable host copies of exact size, page-locked in place below (module docstring:
+            # FSDP's own pinning rounds every tensor up to a power of two).
+            policy = cpu_offload(pin_memory=False)
             # ``on_wrapped(unit)`` right after each unit: the caller can let go of the unit's
             # host tensors that FSDP has just copied, one unit at a time.
             for unit in [*blocks, *outside, root]:
                 fully_shard(unit, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
                 self.units.append(unit)
+                if self.pinning is not None:
+                    for p in unit.parameters():  # the root's include the blocks': added once
+                        self.pinning.add(self.local_weight(p))
                 if on_wrapped is not None:
                     on_wrapped(unit)
+            if self.pinning is not None:
+                self.pinning.warn_refused()
             # Copy block i+1 to the GPU while block i computes (backward prefetch is FSDP's
             # default).
             for current, following in zip(blocks, list(blocks)[1:]):
@@ -211,6 +316,10 @@ class StreamedModel:
             if buf.device != device:
                 buf.data = buf.data.to(device)
         self._buffers = []
+        if self.pinning is not None:
+            if self.device.type == "cuda":  # no copy may still read what is unregistered
+                torch.cuda.synchronize(self.device)
+            self.pinning.release()
         gc.collect()  # FSDP's state and modules refer to each other: free the pinned copies now
         dist = torch.distributed
         for group in self._own_groups:

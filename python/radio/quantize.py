@@ -31,6 +31,7 @@ device, layer by layer; only the solver and the final bit packing run on the CPU
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import os
@@ -538,7 +539,11 @@ class _Session:
         depth_of = {state.name: d for state, d in zip(self.states, alloc.depths)}
         laplace = cfg.quantizer == "laplace"
         jobs = {}
-        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if final else None
+        workers = min(8, os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(max_workers=workers) if final else None
+        # Packing jobs not yet done hold their uint8 indices (1 byte per weight, half a 16-bit
+        # model if all piled up): at most 2 per worker wait, the GPU waits for the oldest.
+        unfinished = collections.deque()
         bar = tqdm(total=len(self.states), desc="radio: final quantization", unit="layer",
                    disable=not (self.progress and final), leave=False)
         try:
@@ -578,9 +583,12 @@ class _Session:
                         # Keep only the small side tensors: holding q.layer(i) would keep the
                         # float32 w_hat of every layer alive until the end.
                         side = torch_quant.LayerQuantization(q.scale[i], q.loc[i], None, None)
-                        jobs[state.name] = (pool.submit(layer.pack, indices, depth[i],
-                                                        state.rows_per_group),
-                                            side, None if biases is None else biases[i])
+                        while len(unfinished) >= 2 * workers:
+                            unfinished.popleft().result()
+                        future = pool.submit(layer.pack, indices, depth[i], state.rows_per_group)
+                        unfinished.append(future)
+                        del indices
+                        jobs[state.name] = (future, side, None if biases is None else biases[i])
                 del weights, q
                 bar.update(len(batch))
             packed = {}

@@ -4,8 +4,9 @@ streams them block by block (radio.offload).
 On the CPU the same FSDP2 machinery runs with the CPU as the "device" (``offload="cpu"``, a
 1-rank gloo group): same depths and logits within float tolerance as ``offload=False``, the
 FSDP wrapping and the process group gone afterwards, the model put back as it was when a run
-fails. The GPU test (skipped without CUDA) checks the real thing on a model whose blocks are
-much smaller than the whole: peak GPU memory well below the model's size.
+fails; the page-locking bookkeeping (HostPinning) runs with a fake registrar. The GPU tests
+(skipped without CUDA) check the real thing: peak GPU memory well below the model's size, host
+RSS growing by far less than the model, results close to the plain GPU run.
 """
 import importlib
 
@@ -184,13 +185,148 @@ def test_offload_bad_inputs():
     assert not torch.distributed.is_initialized()
 
 
+class FakeRegistrar:
+    """Records cudaHostRegister / cudaHostUnregister calls (the CPU has no page-locking)."""
+
+    def __init__(self, refuse=()):
+        self.registered, self.unregistered, self.refuse = [], [], set(refuse)
+
+    def register(self, ptr, nbytes):
+        if ptr in self.refuse:
+            return False
+        assert ptr not in self.live(), "registered twice"
+        self.registered.append((ptr, nbytes))
+        return True
+
+    def unregister(self, ptr):
+        assert ptr in self.live(), "unregistered memory that is not registered"
+        self.unregistered.append(ptr)
+        return True
+
+    def live(self):
+        return {p for p, _ in self.registered} - set(self.unregistered)
+
+
+def test_host_pinning_bookkeeping():
+    fake = FakeRegistrar()
+    pinning = streaming.HostPinning(fake.register, fake.unregister, min_bytes=1024)
+    big = torch.randn(64, 64)          # 16 KiB
+    other = torch.randn(32, 64)        # 8 KiB
+    small = torch.randn(8)             # below min_bytes: stays pageable
+    assert pinning.add(big) and pinning.add(big[3:5]) and pinning.add(other)
+    assert not pinning.add(small)
+    assert len(pinning) == 2 and pinning.pinned_bytes == (64 * 64 + 32 * 64) * 4
+    assert fake.registered == [(big.data_ptr(), 64 * 64 * 4), (other.data_ptr(), 32 * 64 * 4)]
+    # The registry keeps the storage alive until it is unregistered.
+    ptr = other.data_ptr()
+    del other
+    assert ptr in fake.live()
+    pinning.release()
+    assert fake.unregistered == [ptr, big.data_ptr()]  # newest first
+    assert len(pinning) == 0 and not fake.live()
+    pinning.release()  # idempotent
+    assert len(fake.unregistered) == 2
+    with pytest.raises(ValueError, match="host tensor"):
+        pinning.add(torch.empty(4, device="meta"))
+    with pytest.raises(ValueError, match="min_bytes"):
+        streaming.HostPinning(fake.register, fake.unregister, min_bytes=-1)
+
+
+def test_host_pinning_refused_buffers_stay_pageable_with_a_warning():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    fake = FakeRegistrar(refuse={b.data_ptr()})
+    pinning = streaming.HostPinning(fake.register, fake.unregister, min_bytes=0)
+    assert pinning.add(a) and not pinning.add(b)
+    with pytest.warns(RuntimeWarning, match="refused 1 host buffers"):
+        pinning.warn_refused()
+    pinning.release()
+    assert fake.unregistered == [a.data_ptr()]
+
+
+def test_streamed_run_page_locks_every_streamed_weight_once(monkeypatch):
+    """The FSDP path with a fake registrar on the CPU: FSDP's host storage of every streamed
+    parameter of at least min_bytes (all the quantized layers' originals) is registered once
+    while the rounds run, everything is unregistered when the wrapping is removed, and the
+    result is the same as without pinning."""
+    fake = FakeRegistrar()
+    monkeypatch.setattr(streaming, "default_pinning", lambda device: streaming.HostPinning(
+        fake.register, fake.unregister, min_bytes=4096))
+    backprop = quantize_module._Session.backprop
+    checked = []
+
+    def check(self, *args, **kwargs):
+        live = fake.live()
+        for state in self.states:
+            assert state.original.untyped_storage().data_ptr() in live, state.name
+        checked.append(len(live))
+        return backprop(self, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_module._Session, "backprop", check)
+    pinned = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(),
+                      verbose=False, offload="cpu")
+    monkeypatch.undo()
+    # 14 quantized layers + the embeddings (the norms, 256 bytes, stay pageable)
+    assert checked and checked[0] == 15
+    assert len(fake.registered) == 15 and not fake.live()
+    assert_unwrapped(pinned)
+    plain = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(),
+                     verbose=False, offload="cpu")
+    for name, depth in depths(plain).items():
+        assert torch.equal(depths(pinned)[name], depth), name
+    torch.testing.assert_close(logits(pinned), logits(plain), rtol=0, atol=0)
+
+
+def _warm_up_cuda() -> None:
+    """CUDA context, cuBLAS, NCCL: loaded once, so that a later measurement sees only the run."""
+    quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(), verbose=False,
+             offload=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_offload_on_gpu_keeps_host_memory_near_one_copy():
+    """Peak host RSS during a streamed run grows by far less than the model: FSDP's host copies
+    replace the model's own unit by unit, page-locked in place at their exact size. The shapes
+    are chosen so that PyTorch's pinned allocator (which rounds up to powers of two) would cost
+    +0.77x: 1088 x 1088 float32 = 4.5 MiB -> 8 MiB, 2176 x 1088 = 9 MiB -> 16 MiB. Expected
+    growth: the packed layers (4 bits of 32: 0.125x), one unit while wrapping (0.1x), NCCL's and
+    small buffers; bound 0.35x + 96 MiB (the old pinned path: >= +0.9x)."""
+    from radio import host_memory
+    _warm_up_cuda()
+    model = tiny_llama(layers=10, hidden=1088, inter=2176)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = config(checkpointing=True, rows_per_group=64)
+    import gc
+    gc.collect()
+    if not host_memory.reset_peak_rss():
+        pytest.skip("this kernel does not let the peak RSS be reset (/proc/self/clear_refs)")
+    before = host_memory.rss_bytes()
+    quantize(model, bits=4.0, calib=calib_tokens(), config=cfg, verbose=False, offload=True)
+    growth = host_memory.peak_rss_bytes() - before
+    assert growth < 0.35 * model_bytes + (96 << 20), (
+        f"peak host RSS grew by {growth / 2**20:.0f} MiB for a {model_bytes / 2**20:.0f} MiB "
+        "model")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_offload_on_gpu_keeps_a_few_blocks_on_the_gpu(monkeypatch):
     """32 blocks in host memory, streamed: during the forward and backward passes the GPU holds
     far less than the model (a few blocks, the statistics, small activations), and the result
-    matches the plain run on the GPU (same depths, close logits). The per-round quantization
-    is left out of the bound: it works on all layers of one shape at once (``layer_batches``),
-    which for a model this small is a large part of it."""
+    matches the plain run on the GPU. The per-round quantization is left out of the bound: it
+    works on all layers of one shape at once (``layer_batches``), which for a model this small
+    is a large part of it.
+
+    Why not the same depths, as on the CPU: on the CPU both runs do the same float operations
+    in the same order (the same kernels, one thread), so the statistics and hence every depth
+    are bit-identical (test_offload_on_cpu_matches_the_plain_run checks exact equality). On the
+    GPU the streamed run computes the working weights per forward, FSDP's copies and the
+    checkpointing change the kernels and their reduction orders (cuBLAS algorithm choice,
+    atomics), so the statistics differ in the last bits and a group whose two candidate depths
+    cost (nearly) the same in the rate-distortion trade-off may flip. Compared instead:
+    bits per weight (both meet the target; within 1e-3 relative: the solver meets a target to
+    0.01 bits, one flipped group moves the total a little), predicted distortion within 1e-3
+    relative, >= 99% of the group depths and >= 90% of the layers identical, and the logits:
+    the two runs differ by at most 10% of the quantization error itself
+    (||L_streamed - L_plain|| <= 0.1 ||L_plain - L_float||)."""
     def model():
         return tiny_llama(layers=32, hidden=256, inter=768)
 
@@ -215,12 +351,23 @@ def test_offload_on_gpu_keeps_a_few_blocks_on_the_gpu(monkeypatch):
     monkeypatch.undo()
     assert_unwrapped(streamed)
     assert peaks and max(peaks) < 0.5 * model_bytes, (max(peaks), model_bytes)
-    plain = quantize(model().cuda(), bits=4.0, calib=calib_tokens(), config=cfg, verbose=False)
+    reference = model().cuda()
+    float_logits = logits(reference)
+    plain = quantize(reference, bits=4.0, calib=calib_tokens(), config=cfg, verbose=False)
+    rs, rp = streamed.radio_report, plain.radio_report
+    assert 4.0 - 0.01 <= rs.bits_per_weight <= 4.0 and 4.0 - 0.01 <= rp.bits_per_weight <= 4.0
+    assert rs.bits_per_weight == pytest.approx(rp.bits_per_weight, rel=1e-3)
+    assert rs.predicted_distortion == pytest.approx(rp.predicted_distortion, rel=1e-3)
     a, b = depths(plain), depths(streamed)
     assert a.keys() == b.keys()
-    same = sum(torch.equal(a[n].cpu(), b[n].cpu()) for n in a)
-    assert same == len(a), f"{len(a) - same} of {len(a)} layers got other depths"
-    torch.testing.assert_close(logits(streamed.cuda()), logits(plain), rtol=1e-3, atol=1e-4)
+    same_layers = sum(torch.equal(a[n].cpu(), b[n].cpu()) for n in a)
+    same_groups = sum(int((a[n].cpu() == b[n].cpu()).sum()) for n in a)
+    groups = sum(a[n].numel() for n in a)
+    assert same_groups >= 0.99 * groups, f"{groups - same_groups} of {groups} groups differ"
+    assert same_layers >= 0.9 * len(a), f"{len(a) - same_layers} of {len(a)} layers differ"
+    ls, lp = logits(streamed.cuda()), logits(plain)
+    gap, error = float((ls - lp).norm()), float((lp - float_logits).norm())
+    assert gap <= 0.1 * error, (gap, error)
 
 
 def _offload_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
