@@ -18,8 +18,8 @@ One call, in order of importance (`--time-budget`, default 570 s from the start 
 reference; radio at the main rates (`--bits`); RTN (per channel and g128, sym and asym) and GPTQ
 (g128, with and without act-order) at 3 and 4 bits; radio at a baseline's g128 rate where no
 cheaper radio point already beats it (`--match`); the max_distortion series (`--distortions`);
-the per-token estimator variant at `--variant-bits` (one backward pass per sampled token: the
-slowest run); radio with `round_weighting="normalized"` at `--normalized-bits`; last the other
+radio with `round_weighting="normalized"` at `--normalized-bits`; the per-token estimator variant
+at `--variant-bits` (one backward pass per sampled token: the slowest run); last the other
 variants at `--variant-bits` (uniform quantizer, no bias correction, normalized rounds: the
 first two were measured by earlier calls). After every run the elapsed
 time is printed. A run is not started when the longest earlier run of its kind would not fit in
@@ -345,14 +345,14 @@ def main(argv=None) -> int:
     for d in args.distortions:
         attempt(budget, f"radio max_distortion={d:g}", "radio",
                 lambda d=d: run_radio(f"radio max_distortion={d:g}", max_distortion=d))
-    for bits in [] if args.skip_variants else args.variant_bits:
-        for name, overrides in slow_variants.items():
-            attempt(budget, f"radio {bits:g} {name}", "radio per-token",
-                    lambda b=bits, n=name, o=overrides: run_radio(f"radio {b:g} {n}", bits=b, **o))
     for bits in [] if args.skip_variants else args.normalized_bits:
         attempt(budget, f"radio {bits:g} normalized rounds", "radio",
                 lambda b=bits: run_radio(f"radio {b:g} normalized rounds", bits=b,
                                          round_weighting="normalized"))
+    for bits in [] if args.skip_variants else args.variant_bits:
+        for name, overrides in slow_variants.items():
+            attempt(budget, f"radio {bits:g} {name}", "radio per-token",
+                    lambda b=bits, n=name, o=overrides: run_radio(f"radio {b:g} {n}", bits=b, **o))
     for bits in [] if args.skip_variants else args.variant_bits:
         for name, overrides in variants.items():
             attempt(budget, f"radio {bits:g} {name}", "radio",
