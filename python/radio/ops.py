@@ -4,10 +4,11 @@ docs/format.md defines the tensors. Paths:
 
 - CPU (and any device without radio._cuda): dequantize ``W`` with plain torch ops (``dequantize``
   below, the reference twin of the CUDA kernels), then multiply in float32.
-- CUDA with radio._cuda built: the variable-bit tensor-core kernel in cuda/ for 1-64 tokens;
-  larger batches per PREFILL_PATH (dequantize + cuBLAS by default, or the kernel in groups of 64
-  tokens); raw device pointers on the current stream. Output and workspace are allocated through torch, so the op
-  can be captured in CUDA graphs.
+- CUDA with radio._cuda built: the kernels in cuda/ for 1-64 tokens (cuda/select_config.cu picks
+  one: a CUDA-core decode kernel for 1-4 tokens, decode-to-shared-memory + tensor cores for 5-64;
+  bench/KERNELS.md); larger batches per PREFILL_PATH (dequantize + cuBLAS by default, or the older
+  tensor-core kernel in groups of 64 tokens); raw device pointers on the current stream. Output
+  and workspace are allocated through torch, so the op can be captured in CUDA graphs.
 - Meta / fake tensors: shape only, so the op traces under torch.compile.
 
 Derived buffer: the kernels address the qweight words of unit ``u`` of chunk ``c`` through
@@ -248,7 +249,8 @@ def _cuda_ready() -> bool:
 
 
 # Path for batches of more than 64 tokens: "dequant" (dequantize to a temporary, then cuBLAS
-# through torch) or "kernel" (the tensor-core kernel in groups of 64 tokens; only for K <= 32768).
+# through torch) or "kernel" (the older tensor-core kernel, qlinear_kernel.cuh, in groups of 64
+# tokens; only for K <= 32768).
 # "dequant" is the default because it measured faster on an H100 (bench/KERNELS.md); both are
 # far slower than f16 for large batches today.
 PREFILL_PATH = "dequant"
