@@ -78,8 +78,10 @@ class QuantConfig:
             round 2 on the gradients are measured on the quantized model, and at low rates
             their scale explodes in the early blocks (issue 5). SmolLM2-135M, CPU, 8 rounds x
             2 x 256 tokens, 2.5 bpw: WikiText-2 ppl (4 x 256) 454 normalized vs 3316
-            cumulative (1 round: 247.5); 3.0 and 4.0 bpw not yet measured, so the default stays
-            the paper's ``"cumulative"``.
+            cumulative (1 round: 247.5). H100, 16 rounds x 16 x 2048 tokens, whole WikiText-2
+            test: 2.5 bpw 255 normalized vs 9677, 3.0 bpw 56.9 vs 60.7 (bench/RESULTS.md). Use
+            ``"normalized"`` below ~3 bpw; 3.25-4.25 bpw are not measured with it yet, so the
+            default stays the paper's ``"cumulative"``.
 
     Calibration data
         calib_sequences: windows cut from calibration text (fixed-seed offsets).
