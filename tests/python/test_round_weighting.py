@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
@@ -16,22 +15,14 @@ from radio.config import QuantConfig  # noqa: E402
 from radio.nn import RadioLinear  # noqa: E402
 from radio.quantize import _Session, quantize  # noqa: E402
 from radio.round_weighting import RoundWeighting, gradient_mass  # noqa: E402
+from test_checkpoint import VOCAB, tiny_llama  # noqa: E402  (the same tiny model)
 
-VOCAB = 128
 ROUNDS = 4
 # Gradients of one round times 32: squared gradients times 1024 (a power of two, so the
 # normalized run must reproduce the unscaled one bit for bit, not only approximately).
 GRAD_FACTOR = 32.0
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def tiny_llama(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=128, hidden_size=64,
-                                   intermediate_size=192, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2)
-    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def small_config(**overrides) -> QuantConfig:
