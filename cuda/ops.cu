@@ -46,15 +46,6 @@ double laplace_table_entry(int i) {
   return -(v < 0 ? -1.0 : 1.0) * std::log1p(-2.0 * std::fabs(v));
 }
 
-template <typename M>
-void fill_lut16(std::uint16_t (&lut)[512]) {
-  for (int i = 0; i < kLutEntries; ++i) {
-    // T_B[q] rounded to f32 first (the format's precision), then to the mma type
-    const M h = static_cast<M>(static_cast<float>(laplace_table_entry(i)));
-    std::memcpy(&lut[i], &h, 2);
-  }
-}
-
 // T_B[q] of the format's table for either quantizer, all depths (entry 2^B - 2 + q), in f32.
 void fill_table_f32(Quant q, float (&table)[512]) {
   for (int i = 0; i < kTableEntries; ++i) {
@@ -65,34 +56,6 @@ void fill_table_f32(Quant q, float (&table)[512]) {
                                     : static_cast<float>(idx) - 0.5f * ((1 << b) - 1);
   }
   table[510] = table[511] = 0.f;
-}
-
-std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
-  GemvParams p{};
-  fill_layer(p, layer);
-  p.x = reinterpret_cast<const void*>(x);
-  p.bias = reinterpret_cast<const __half*>(layer.bias);
-  p.y = reinterpret_cast<void*>(y);
-  p.m = m;
-  p.units_per_split = c.units_per_split;
-  p.splits = c.splits;
-  if (c.workspace_bytes > 0) {
-    p.workspace = reinterpret_cast<float*>(workspace);
-    p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
-    const std::string err = cuda_error(
-        cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
-        "workspace memset");
-    if (!err.empty()) return err;
-  }
-  fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
-  cudaError_t err;
-  switch (static_cast<DType>(dtype)) {
-    case DType::kHalf: err = launch_gemv<__half>(p, c, s); break;
-    case DType::kBFloat16: err = launch_gemv<__nv_bfloat16>(p, c, s); break;
-    default: err = launch_gemv<float>(p, c, s); break;
-  }
-  return cuda_error(err, "gemv launch");
 }
 
 // T_B[q] as 16-bit patterns of the mma type M, for either quantizer.
@@ -106,9 +69,11 @@ void fill_table16(Quant q, std::uint16_t (&table)[512]) {
   }
 }
 
-std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
-  QmmaParams p{};
+// The fields every qlinear kernel's parameters share, and the zeroed workspace of a K split
+// (f32 partials and the per-row-range counters the last block resets).
+template <typename P>
+std::string prepare_call(P& p, std::uintptr_t x, int m, const LayerPtrs& layer, std::uintptr_t y,
+                         std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
   fill_layer(p, layer);
   p.x = reinterpret_cast<const void*>(x);
   p.bias = reinterpret_cast<const __half*>(layer.bias);
@@ -116,14 +81,31 @@ std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   p.m = m;
   p.units_per_split = c.units_per_split;
   p.splits = c.splits;
-  if (c.workspace_bytes > 0) {
-    p.workspace = reinterpret_cast<float*>(workspace);
-    p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
-    const std::string err = cuda_error(
-        cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
-        "workspace memset");
-    if (!err.empty()) return err;
+  if (c.workspace_bytes == 0) return {};
+  p.workspace = reinterpret_cast<float*>(workspace);
+  p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
+  return cuda_error(cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
+                    "workspace memset");
+}
+
+std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  GemvParams p{};
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
+  cudaError_t err;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kHalf: err = launch_gemv<__half>(p, c, s); break;
+    case DType::kBFloat16: err = launch_gemv<__nv_bfloat16>(p, c, s); break;
+    default: err = launch_gemv<float>(p, c, s); break;
   }
+  return cuda_error(err, "gemv launch");
+}
+
+std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  QmmaParams p{};
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   const Quant q = static_cast<Quant>(layer.quantizer);
   cudaError_t err;
   switch (static_cast<DType>(dtype)) {
@@ -151,30 +133,16 @@ std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
   if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.qmma) return qmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   QlinearParams p{};
-  fill_layer(p, layer);
-  p.x = reinterpret_cast<const void*>(x);
-  p.bias = reinterpret_cast<const __half*>(layer.bias);
-  p.y = reinterpret_cast<void*>(y);
-  p.m = m;
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   p.rows_per_block = c.rows_per_block;
   p.row_blocks_per_chunk = c.row_blocks_per_chunk;
   p.slice_units = c.slice_units;
-  p.units_per_split = c.units_per_split;
-  p.splits = c.splits;
   p.tok_groups = c.tok_groups;
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  if (c.workspace_bytes > 0) {
-    p.workspace = reinterpret_cast<float*>(workspace);
-    p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
-    const std::string err = cuda_error(
-        cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
-        "workspace memset");
-    if (!err.empty()) return err;
-  }
   const Quant q = static_cast<Quant>(layer.quantizer);
   if (q == Quant::kLaplace) {
-    if (static_cast<DType>(dtype) == DType::kBFloat16) fill_lut16<__nv_bfloat16>(p.lut);
-    else fill_lut16<__half>(p.lut);
+    if (static_cast<DType>(dtype) == DType::kBFloat16) fill_table16<__nv_bfloat16>(q, p.lut);
+    else fill_table16<__half>(q, p.lut);
   }
   const bool lap = q == Quant::kLaplace;
   cudaError_t err;
