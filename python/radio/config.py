@@ -67,9 +67,9 @@ class QuantConfig:
         pca_sequences: calibration sequences used to estimate the output covariance (None: all).
         estimator: ``"random_sign"`` (one backward pass per micro-batch on a Rademacher
             combination of the sampled projections; unbiased for the per-token sum) or
-            ``"per_token"`` (one backward pass per sampled token, the paper's).
-        micro_batch: sequences per forward/backward pass (None: chosen from memory;
-            ``per_token`` always uses 1).
+            ``"per_token"`` (each sampled token's own gradient, the paper's; in a few batched
+            passes per micro-batch, ``sensitivity.per_token_batched``).
+        micro_batch: sequences per forward/backward pass (None: chosen from memory).
         round_weighting: how the rounds' squared gradients add up (``radio.round_weighting``).
             ``"cumulative"``: as measured, every sequence weighing the same (the paper's
             cumulative mean). ``"normalized"``: each round's statistics scaled so that their

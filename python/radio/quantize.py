@@ -235,6 +235,25 @@ def _requantized(original: torch.Tensor, stats, depth: torch.Tensor, rows_per_gr
     return q.w_hat.reshape(original.shape).to(original.dtype)
 
 
+@torch.no_grad()
+def _is_causal(output_fn, tokens: torch.Tensor, probe_len: int = 64) -> bool:
+    """Whether a sequence's outputs before a position ignore the tokens after it (a causal LM:
+    ``per_token`` may then truncate each token's copy after it). One batch of two copies of a
+    sequence whose second halves differ (the same kernels for both rows): the first halves'
+    outputs must agree within 1e-3 (relative RMS; a causal model's agree exactly), where a
+    bidirectional model's differ by far more."""
+    length = min(probe_len, tokens.shape[1])
+    if length < 2:
+        return True
+    half = length // 2
+    pair = tokens[:1, :length].repeat(2, 1)
+    # Another suffix, every token changed, within the ids seen (valid for the embedding).
+    pair[1, half:] = (pair[0, half:] + 1) % max(int(tokens.max()) + 1, 2)
+    out = output_fn(pair).float()[:, :half]
+    diff = (out[0] - out[1]).square().mean().sqrt()
+    return bool(diff <= 1e-3 * out[0].square().mean().sqrt())
+
+
 def _checkpointed(forward, *args, **kwargs):
     if torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
@@ -265,6 +284,7 @@ class _Session:
         self._installed = False
         self._copy_stream = None
         self.streamed = False
+        self.causal: Optional[bool] = None  # per_token: found by _is_causal on the first batch
 
     # -- install / restore ----------------------------------------------------------------------
     def install(self, offload: bool, has_bias: bool, streamed: bool = False) -> None:
@@ -428,6 +448,8 @@ class _Session:
     # -- one round ------------------------------------------------------------------------------
     def backprop(self, tokens: torch.Tensor, directions: torch.Tensor, positions, output_fn,
                  generator: torch.Generator, signs: Optional[torch.Tensor] = None) -> None:
+        if self.config.estimator == "per_token" and self.causal is None:
+            self.causal = _is_causal(output_fn, tokens)
         for state in self.states:
             state.collect = True
         self.clock.step += 1
@@ -436,7 +458,7 @@ class _Session:
             with torch.enable_grad():
                 sensitivity.backpropagate(output_fn, tokens, directions, positions,
                                           self.config.estimator, generator, head=head,
-                                          signs=signs)
+                                          signs=signs, causal=bool(self.causal))
         finally:
             for state in self.states:
                 state.collect = False
@@ -658,9 +680,9 @@ def _plan_memory(config: QuantConfig, targets, blocks: Optional[nn.ModuleList], 
     """
     per_round = config.sequences_per_round
     n_blocks = len(blocks) if blocks is not None else 0
-    if config.estimator == "per_token":
-        micro = 1  # one backward pass per token anyway: batching sequences only adds work
-    elif config.micro_batch is not None:
+    # per_token runs each micro-batch as passes of at most the micro-batch's tokens
+    # (sensitivity.per_token_passes): the same activation memory as random_sign.
+    if config.micro_batch is not None:
         micro = min(config.micro_batch, per_round)
     else:
         micro = None
@@ -711,8 +733,6 @@ def _plan_streamed_memory(config: QuantConfig, targets, blocks: nn.ModuleList, s
     if device.type != "cuda":
         return _plan_memory(config, targets, blocks, seq_len, device, dtype, budget_gb)
     per_round, n_blocks = config.sequences_per_round, len(blocks)
-    if config.estimator == "per_token":
-        return n_blocks, 1
     if config.micro_batch is not None:
         return n_blocks, min(config.micro_batch, per_round)
     elem = torch.finfo(dtype).bits // 8

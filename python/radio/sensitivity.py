@@ -10,7 +10,12 @@ per group (one column of one chunk of ``gs`` rows) and per row. The probe never 
 
 Two estimators of ``sum_t (dy_t/dW)^2``:
 
-- ``per_token`` (the paper's): one backward pass per sampled token.
+- ``per_token`` (the paper's): the gradient of every sampled token separately. Computed in a few
+  batched passes (``per_token_passes``): every sampled token of every sequence is a copy of its
+  sequence in a batch, truncated after the token in causal models (nothing later reaches it),
+  and one backward pass of the sum of the copies' outputs gives each copy its own gradient; the
+  probes square each copy's weight gradient separately (``add_gradient(copies=...)``).
+  ``per_token_sequential`` is the simple reference twin: one backward pass per sampled token.
 - ``random_sign``: one backward pass of ``sum_t s_t y_t`` with independent Rademacher signs
   ``s_t``. Since ``E[s_t s_u] = [t = u]``, ``E[(sum_t s_t g_t)^2] = sum_t g_t^2`` elementwise: an
   unbiased estimate at 1/17 of the backward passes (more variance per sequence, averaged away
@@ -21,8 +26,9 @@ The probe also keeps the running mean of its layer's input (for bias correction,
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -99,24 +105,59 @@ class LayerState:
         self.x_sum += flat.sum(dim=0, dtype=torch.float64)
         self.x_count += flat.shape[0]
 
-    def add_gradient(self, grad_out: torch.Tensor, x: torch.Tensor) -> None:
-        """Add the squared weight gradient ``(grad_out^T x)^2`` per group and per row."""
+    def add_gradient(self, grad_out: torch.Tensor, x: torch.Tensor,
+                     copies: Optional[int] = None, max_elements: int = 1 << 26) -> None:
+        """Add the squared weight gradient ``(grad_out^T x)^2`` per group and per row.
+
+        ``copies``: the batch holds that many independent copies (dim 0 of ``grad_out`` and
+        ``x``), and each copy's gradient is squared on its own: ``sum_i (delta_i^T x_i)^2``, not
+        the square of the sum. The copies' gradients are formed ``max_elements`` weights at a
+        time (one 7B layer is 45M weights: a copy at a time there)."""
         n, k = self.out_features, self.in_features
-        delta = grad_out.reshape(-1, n)
-        inputs = x.reshape(-1, k)
+        if copies is None:
+            delta, inputs = grad_out.reshape(1, -1, n), x.reshape(1, -1, k)
+        else:
+            if grad_out.numel() % (copies * n) or x.numel() % (copies * k):
+                raise ValueError(f"layer '{self.name}': a batch of {copies} copies needs "
+                                 f"gradients and inputs divisible into {copies} rows, got "
+                                 f"{tuple(grad_out.shape)} and {tuple(x.shape)}")
+            delta, inputs = grad_out.reshape(copies, -1, n), x.reshape(copies, -1, k)
         # float16 products of gradients and activations may overflow; bfloat16 and float32 not.
         if delta.dtype == torch.float16:
             delta, inputs = delta.float(), inputs.float()
         delta = delta.to(inputs.dtype)
-        # Rows in chunk order, so that groups are contiguous blocks: grad^T x with permuted rows.
-        grad = delta[:, self.row_perm].t() @ inputs  # [N, K], permuted rows, input dtype
+        step = max(1, max_elements // (n * k))
+        for c0 in range(0, delta.shape[0], step):
+            # Rows in chunk order, so that groups are contiguous blocks: grad^T x with permuted
+            # rows; [c, N, K] in the input dtype.
+            grad = delta[c0:c0 + step][:, :, self.row_perm].transpose(1, 2) @ inputs[c0:c0 + step]
+            self._add_squares(grad)
+
+    def _add_squares(self, grad: torch.Tensor) -> None:
+        """Add the squared entries of the weight gradients ``grad`` [c, N, K] (permuted rows)."""
+        c = grad.shape[0]
         # Sums of squares as single-pass norms (read once, accumulated in float32): the weight
         # gradient is the largest tensor here and is never squared into a float32 copy.
-        row_norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float32)
-        self.row_g2_sum[self.row_perm] += row_norm.to(torch.float64).square_()
-        for c0, chunks, _, block in grouping.chunk_blocks(grad[None], self.rows_per_group):
-            norm = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
-            self.g2_sum[c0:c0 + chunks] += norm.square_()
+        row_norm = torch.linalg.vector_norm(grad, dim=2, dtype=torch.float32)  # [c, N]
+        self.row_g2_sum[self.row_perm] += row_norm.to(torch.float64).square_().sum(dim=0)
+        for c0, chunks, _, block in grouping.chunk_blocks(grad, self.rows_per_group):
+            norm = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)  # [c * chunks, K]
+            self.g2_sum[c0:c0 + chunks] += norm.square_().reshape(c, chunks, -1).sum(dim=0)
+
+
+# Set by ``_per_copy_gradients`` while a batch of per-token copies runs its backward pass: the
+# number of copies every probe splits its gradient into (None: one gradient for the batch).
+_copies: Optional[int] = None
+
+
+@contextlib.contextmanager
+def _per_copy_gradients(copies: int) -> Iterator[None]:
+    global _copies
+    saved, _copies = _copies, copies
+    try:
+        yield
+    finally:
+        _copies = saved
 
 
 class _ProbeFunction(torch.autograd.Function):
@@ -133,8 +174,10 @@ class _ProbeFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         state = ctx.state
-        if state.collect:
+        if state.collect and _copies is None:
             state.add_gradient(grad_out, x)
+        elif state.collect:
+            state.add_gradient(grad_out, x, copies=_copies)
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
         return grad_x, None, None, None, None
 
@@ -260,8 +303,8 @@ def backpropagate(output_fn: Callable[[torch.Tensor], torch.Tensor], tokens: tor
                   directions: torch.Tensor, positions: torch.Tensor, estimator: str,
                   generator: torch.Generator,
                   head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                  signs: Optional[torch.Tensor] = None) -> None:
-    """One forward pass of ``tokens`` [b, T] and the backward pass(es) of the projected outputs.
+                  signs: Optional[torch.Tensor] = None, causal: bool = False) -> None:
+    """The forward and backward pass(es) of the projected outputs of ``tokens`` [b, T].
 
     ``directions`` [b, D]: the unit direction of every sequence in the space of the projected
     output: hidden states, or logits when ``head`` maps the sampled hidden states to logits
@@ -269,23 +312,107 @@ def backpropagate(output_fn: Callable[[torch.Tensor], torch.Tensor], tokens: tor
     layers' statistics. ``signs`` [b, n]: the Rademacher signs of ``random_sign`` when drawn
     beforehand (a whole round at once, so that each sequence gets the same signs however the
     round is split into micro-batches or processes); ``None`` draws them from ``generator``.
+    ``causal``: output ``t`` depends on the tokens ``<= t`` only (causal LMs), so ``per_token``
+    may truncate each copy after its token; ``False`` runs every copy at full length (exact for
+    any model, about twice the work).
     """
+    if estimator == "per_token":
+        per_token_batched(output_fn, tokens, directions, positions, head, causal)
+        return
+    if estimator != "random_sign":
+        raise ValueError(f"estimator must be 'random_sign' or 'per_token', got {estimator!r}")
+    proj = _projected_outputs(output_fn, tokens, directions, positions, head)
+    if signs is None:
+        signs = rademacher(proj.shape, generator)
+    elif tuple(signs.shape) != tuple(proj.shape):
+        raise ValueError(f"signs must have the projected outputs' shape {tuple(proj.shape)}, "
+                         f"got {tuple(signs.shape)}")
+    (proj * signs.to(proj.device)).sum().backward()
+
+
+def _projected_outputs(output_fn, tokens, directions, positions, head) -> torch.Tensor:
+    """float32 [b, n]: the outputs of ``tokens`` at ``positions`` projected on ``directions``."""
     hidden = output_fn(tokens)  # [b, T, D]
     picked = hidden[:, positions.to(hidden.device)]  # [b, n, D]
     if head is not None:
         picked = head(picked)  # [b, n, V] logits of the sampled tokens
-    proj = torch.einsum("bnd,bd->bn", picked.float(), directions.to(picked.device))
-    if estimator == "random_sign":
-        if signs is None:
-            signs = rademacher(proj.shape, generator)
-        elif tuple(signs.shape) != tuple(proj.shape):
-            raise ValueError(f"signs must have the projected outputs' shape {tuple(proj.shape)}, "
-                             f"got {tuple(signs.shape)}")
-        signs = signs.to(proj.device)
-        (proj * signs).sum().backward()
-    elif estimator == "per_token":
-        flat = proj.reshape(-1)
-        for i in range(flat.numel()):
-            flat[i].backward(retain_graph=i + 1 < flat.numel())
-    else:
-        raise ValueError(f"estimator must be 'random_sign' or 'per_token', got {estimator!r}")
+    return torch.einsum("bnd,bd->bn", picked.float(), directions.to(picked.device))
+
+
+def per_token_sequential(output_fn, tokens: torch.Tensor, directions: torch.Tensor,
+                         positions: torch.Tensor, head=None) -> None:
+    """The reference twin of ``per_token_batched``: one forward pass, then one backward pass
+    per sampled token of every sequence (``b * n`` of them, the graph kept between them)."""
+    flat = _projected_outputs(output_fn, tokens, directions, positions, head).reshape(-1)
+    for i in range(flat.numel()):
+        flat[i].backward(retain_graph=i + 1 < flat.numel())
+
+
+def per_token_passes(positions: torch.Tensor, seq_len: int, causal: bool,
+                     overhead: Optional[float] = None) -> List[Tuple[List[int], int]]:
+    """The batched passes of ``per_token_batched``: ``(indices into positions, length)``.
+
+    A pass of ``j`` positions at length ``L`` runs ``j`` copies of every sequence truncated to
+    ``L`` tokens (``causal``; otherwise ``L = seq_len``). The first pass is the last position at
+    full length alone: its batch is the sequences themselves, so the probes take their input
+    means there (once per sequence, as a single forward pass would). The other positions, in
+    ascending order, are cut into runs minimising the modelled cost ``sum (j * L + overhead)``
+    per sequence (``overhead``: a pass's fixed cost in tokens, default ``seq_len / 16``), with
+    ``j * L <= seq_len``: no pass holds more activations than the full-length one.
+    """
+    pos = [int(p) for p in positions.reshape(-1).tolist()]
+    if not pos or min(pos) < 0 or max(pos) >= seq_len:
+        raise ValueError(f"positions must be non-empty and within 0..{seq_len - 1}, got {pos}")
+    overhead = seq_len / 16 if overhead is None else overhead
+    order = sorted(range(len(pos)), key=lambda i: pos[i])
+    rest = order[:-1]
+
+    def length(i: int) -> int:
+        return pos[i] + 1 if causal else seq_len
+
+    # best[c]: cheapest cover of rest[:c]; cut[c]: where its last run starts.
+    best, cut = [0.0] + [float("inf")] * len(rest), [0] * (len(rest) + 1)
+    for c in range(1, len(rest) + 1):
+        run_len = length(rest[c - 1])
+        for a in range(c - 1, -1, -1):
+            if (c - a) * run_len > seq_len:
+                break
+            cost = best[a] + (c - a) * run_len + overhead
+            if cost < best[c]:
+                best[c], cut[c] = cost, a
+    runs, c = [], len(rest)
+    while c > 0:
+        runs.append((rest[cut[c]:c], length(rest[c - 1])))
+        c = cut[c]
+    return [([order[-1]], seq_len)] + runs[::-1]
+
+
+def per_token_batched(output_fn, tokens: torch.Tensor, directions: torch.Tensor,
+                      positions: torch.Tensor, head=None, causal: bool = False) -> None:
+    """``per_token``'s statistics in a few batched passes (``per_token_passes``).
+
+    In a pass of positions ``p_1..p_j`` at length ``L``, row ``i * b + s`` of the batch is
+    sequence ``s`` truncated to ``L`` tokens, and its only output is its projection at ``p_i``.
+    Rows do not interact, so one backward pass of the sum gives every row the gradient of its
+    own output, which the probes square row by row: the same sums as one backward pass per
+    token (``per_token_sequential``), at one forward pass per copy (of about half the length
+    in causal models) instead of one per sequence.
+    """
+    b, seq_len = tokens.shape
+    directions = directions.to(torch.float32)
+    for number, (index, length) in enumerate(per_token_passes(positions, seq_len, causal)):
+        copies = len(index) * b
+        batch = tokens[:, :length].repeat(len(index), 1)
+        at = positions.reshape(-1)[index].repeat_interleave(b)  # row i * b + s: position p_i
+        with _per_copy_gradients(copies):
+            hidden = output_fn(batch)  # [copies, L, D]
+            if number == 0 and head is not None:
+                # The head's input mean over every sampled token, as in a single forward pass;
+                # its calls below, in the same clock step, add nothing to it.
+                with torch.no_grad():
+                    head(hidden[:, positions.reshape(-1).to(hidden.device)])
+            picked = hidden[torch.arange(copies, device=hidden.device), at.to(hidden.device)]
+            if head is not None:
+                picked = head(picked)  # [copies, V]
+            dirs = directions.to(picked.device).repeat(len(index), 1)
+            (picked.float() * dirs).sum().backward()

@@ -307,8 +307,9 @@ def test_memory_plan_for_gpu_shapes():
     assert (ckpt, micro) == (22, 1)
     targets, blocks = llama(576, 1536, 192, 30)  # SmolLM2-135M: 16 = 8 + 8 sequences
     assert _plan_memory(cfg, targets, blocks, 2048, cuda, torch.bfloat16, 16.0) == (0, 8)
+    # per_token's passes hold at most a micro-batch's tokens (sensitivity.per_token_passes).
     assert _plan_memory(cfg.replace(estimator="per_token"), targets, blocks, 2048, cuda,
-                        torch.bfloat16, 16.0) == (0, 1)
+                        torch.bfloat16, 16.0) == (0, 8)
     assert _plan_memory(cfg, targets, blocks, 2048, torch.device("cpu"), torch.float32,
                         16.0) == (0, 1)
 
