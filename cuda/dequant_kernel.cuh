@@ -7,7 +7,7 @@
 //   into a shared-memory copy of the rows in ORIGINAL column order (col_perm); then the block
 //   writes each row to W[row_perm[r]] with 16-byte stores. The column scatter happens in shared
 //   memory, and global memory sees whole rows written once. Needs R * K * sizeof(Out) bytes of
-//   shared memory (select_config.cu: K up to 48K f16 with R = 1).
+//   shared memory (select_config.cu: K up to 48K f16 with R = 1). R is a template parameter.
 // - dequant_kernel (fallback for wider layers): one thread per chunk row, a block per range of
 //   units, writes W[row_perm[r], col_perm[c, p]] directly: scattered 2-byte stores, ~30x slower
 //   (bench/KERNELS.md).
@@ -40,7 +40,7 @@ struct DequantParams {
 };
 
 constexpr int kDequantThreads = 256;
-constexpr int kMaxTileRows = 8;  // dequant_rows_kernel: rows per block at most
+constexpr int kMaxTileRows = 4;  // dequant_rows_kernel: rows per block at most (1, 2 or 4)
 
 template <typename Out, Quant kQ, int kB, int kJ>
 __device__ __forceinline__ void store_index(const std::uint32_t (&w)[kB], const float* lut_b,
@@ -120,29 +120,59 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_kernel(const DequantP
 
 // --- dequant_rows_kernel ----------------------------------------------------------------------
 // A warp walks units; lane j owns position j of the unit, so the per-position tensors (col_perm,
-// scale, loc) are read once per block and coalesced. For each row of the tile, lanes 0..B-1 load
-// the row's B words of the unit (one request), and lane j takes the two words holding its index
-// with shuffles (bits [jB, jB + B) span at most two words).
+// scale, loc) are read once per block and coalesced. Lane j's index of row r sits in bits
+// [jB, jB + B) of the row's B words, i.e. in words lo = jB / 32 and lo + 1; word w of the tile's
+// kR rows is kR consecutive u32 (the unit's words are [B][rows_c]), so a lane fetches its two
+// words of every row with two kR-wide loads (L1 broadcasts: the 32 lanes touch B words per row).
+// v1 of this kernel had lanes 0..B-1 load one word per row and spread them with two shuffles
+// per row and weight, all rows up to kMaxTileRows predicated: ~59 instructions per weight and
+// issue-bound at ~2 ms for 49152x12288 (ncu, bench/KERNELS.md); this form needs ~12.
 
-// Units a warp has in flight: the loads of kUnitsInFlight units (per-position tensors and the
-// words of every row) are issued before any is decoded; one unit at a time left the warp waiting
-// on a chain of dependent loads per unit.
-constexpr int kUnitsInFlight = 4;
+// Units a warp decodes per step: their loads are all issued before the first decode, so the
+// warp waits on one chain of dependent loads (unit offset -> words) per step, not per unit. The
+// kernel is latency-bound (v2 with 2 units per step took as long as v1 on the H100), so as many
+// as fit 80 registers without spills (3 blocks of 256 threads per SM): 2 * kR words per unit.
+template <int kR>
+constexpr int units_in_flight() { return kR >= 4 ? 3 : 5; }
 
-template <typename Out>
-__global__ void __launch_bounds__(kDequantThreads) dequant_rows_kernel(const DequantParams p) {
+// kR consecutive u32 from `src` into `dst`: one vector load when `vec` (16 / 8-byte aligned and
+// all kR rows inside the chunk), else `rows` scalar loads (the rest zero).
+template <int kR>
+__device__ __forceinline__ void load_row_words(const std::uint32_t* src, bool vec, int rows,
+                                               std::uint32_t (&dst)[kR]) {
+  if constexpr (kR == 4) {
+    if (vec) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+      dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
+      return;
+    }
+  } else if constexpr (kR == 2) {
+    if (vec) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(src));
+      dst[0] = v.x; dst[1] = v.y;
+      return;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kR; ++r) dst[r] = r < rows ? __ldg(src + r) : 0u;
+}
+
+// kR rows per block (1, 2 or 4; select_config.cu). The loads are kR wide for kR <= 4; kR = 1
+// covers layers whose row tile would not fit shared memory twice.
+template <typename Out, int kR>
+__global__ void __launch_bounds__(kDequantThreads, 3) dequant_rows_kernel(const DequantParams p) {
   __shared__ float table[512];
   extern __shared__ __align__(16) unsigned char smem[];
-  // [tile_rows][k] values, then the chunk's unit offsets (i32) and depths (u8)
+  // [kR][k] values, then the chunk's unit offsets (i32) and depths (u8)
   Out* tile = reinterpret_cast<Out*>(smem);
   std::int32_t* s_offset = reinterpret_cast<std::int32_t*>(
-      smem + (static_cast<std::int64_t>(p.tile_rows) * p.k * sizeof(Out) + 15) / 16 * 16);
+      smem + (static_cast<std::int64_t>(kR) * p.k * sizeof(Out) + 15) / 16 * 16);
   std::uint8_t* s_depth = reinterpret_cast<std::uint8_t*>(s_offset + p.units);
   const int chunk = blockIdx.x / p.row_blocks_per_chunk;
   const int rows_c = min(p.gs, p.n - chunk * p.gs);
-  const int r0 = (blockIdx.x % p.row_blocks_per_chunk) * p.tile_rows;
+  const int r0 = (blockIdx.x % p.row_blocks_per_chunk) * kR;
   if (r0 >= rows_c) return;  // whole block, before any barrier
-  const int rows = min(p.tile_rows, rows_c - r0);
+  const int rows = min(kR, rows_c - r0);
   const std::int64_t cu0 = static_cast<std::int64_t>(chunk) * p.units;
   for (int i = threadIdx.x; i < 510; i += blockDim.x) table[i] = p.lut[i];
   for (int u = threadIdx.x; u < p.units; u += blockDim.x) {
@@ -151,41 +181,56 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_rows_kernel(const Deq
   }
   __syncthreads();
 
+  // Vector loads need every row present and 4*kR-byte alignment of each word row's start: the
+  // unit offsets are multiples of rows_c (format: B*rows_c words per unit), so rows_c, r0 and
+  // the base pointer decide it once per block.
+  const bool vec = rows == kR && rows_c % kR == 0 &&
+                   reinterpret_cast<std::uintptr_t>(p.qweight) % (4 * kR) == 0;
+  const std::uint32_t* qrows = p.qweight + r0;
   const std::int64_t chunk_pos0 = static_cast<std::int64_t>(chunk) * p.padded_k;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  constexpr int kUnitsInFlight = units_in_flight<kR>();
   for (int u0 = warp * kUnitsInFlight; u0 < p.units; u0 += warps * kUnitsInFlight) {
-    int col[kUnitsInFlight], depth[kUnitsInFlight];
+    int col[kUnitsInFlight], depth[kUnitsInFlight], shift[kUnitsInFlight];
     float scale[kUnitsInFlight], loc[kUnitsInFlight];
-    std::uint32_t mine[kUnitsInFlight][kMaxTileRows];
+    std::uint32_t lo[kUnitsInFlight][kR], hi[kUnitsInFlight][kR];
 #pragma unroll
     for (int i = 0; i < kUnitsInFlight; ++i) {
-      const int u = min(u0 + i, p.units - 1);
+      const bool real = u0 + i < p.units;
+      const int u = real ? u0 + i : p.units - 1;
       const std::int64_t pos = chunk_pos0 + 32 * u + lane;
-      depth[i] = u0 + i < p.units ? s_depth[u] : 0;
-      col[i] = u0 + i < p.units ? p.col_perm[pos] : p.k;
+      depth[i] = real ? s_depth[u] : 0;
+      col[i] = real ? p.col_perm[pos] : p.k;
       scale[i] = __half2float(p.scale[pos]);
       loc[i] = __half2float(p.loc[pos]);
-      const std::int64_t word0 = static_cast<std::int64_t>(s_offset[u]) + r0;
-#pragma unroll
-      for (int r = 0; r < kMaxTileRows; ++r)
-        mine[i][r] = (r < rows && lane < depth[i])
-                         ? __ldg(p.qweight + word0 + static_cast<std::int64_t>(lane) * rows_c + r)
-                         : 0u;
+      const int bit = lane * depth[i];
+      shift[i] = bit & 31;
+      // The second word only matters when the index spans two words; then it is < depth.
+      const int lo_word = bit >> 5, hi_word = min(lo_word + 1, max(depth[i] - 1, 0));
+      const std::uint32_t* unit = qrows + s_offset[u];
+      if (depth[i] > 0) {
+        load_row_words<kR>(unit + static_cast<std::int64_t>(lo_word) * rows_c, vec, rows, lo[i]);
+        load_row_words<kR>(unit + static_cast<std::int64_t>(hi_word) * rows_c, vec, rows, hi[i]);
+      }
     }
 #pragma unroll
     for (int i = 0; i < kUnitsInFlight; ++i) {
-      const int bit = lane * depth[i];
-      const int lo_word = bit >> 5, shift = bit & 31;
-      const std::uint32_t mask = (1u << depth[i]) - 1u;
-      const float* table_b = table + max((1 << depth[i]) - 2, 0);  // depth 0: never read
+      if (col[i] >= p.k) continue;  // padding position (or no unit)
+      Out* dst = tile + col[i];
+      if (depth[i] == 0) {
+        const Out v = from_float<Out>(loc[i]);
 #pragma unroll
-      for (int r = 0; r < kMaxTileRows; ++r) {
+        for (int r = 0; r < kR; ++r)
+          if (r < rows) dst[static_cast<std::int64_t>(r) * p.k] = v;
+        continue;
+      }
+      const std::uint32_t mask = (1u << depth[i]) - 1u;
+      const float* table_b = table + ((1 << depth[i]) - 2);
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
         if (r >= rows) break;
-        const std::uint32_t lo = __shfl_sync(0xffffffffu, mine[i][r], lo_word);
-        const std::uint32_t hi = __shfl_sync(0xffffffffu, mine[i][r], min(lo_word + 1, 31));
-        const std::uint32_t q = __funnelshift_r(lo, hi, shift) & mask;
-        const float v = depth[i] > 0 ? fmaf(scale[i], table_b[q], loc[i]) : loc[i];
-        if (col[i] < p.k) tile[static_cast<std::int64_t>(r) * p.k + col[i]] = from_float<Out>(v);
+        const std::uint32_t q = __funnelshift_r(lo[i][r], hi[i][r], shift[i]) & mask;
+        dst[static_cast<std::int64_t>(r) * p.k] = from_float<Out>(fmaf(scale[i], table_b[q], loc[i]));
       }
     }
   }
@@ -194,12 +239,12 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_rows_kernel(const Deq
   // Whole rows out: 16-byte stores when the row length allows, else element by element.
   Out* out = static_cast<Out*>(p.out);
   const std::int64_t row_bytes = static_cast<std::int64_t>(p.k) * sizeof(Out);
-  const bool vec = row_bytes % 16 == 0 && reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+  const bool vec_out = row_bytes % 16 == 0 && reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
   for (int r = 0; r < rows; ++r) {
     const std::int64_t orig = p.row_perm[static_cast<std::int64_t>(chunk) * p.gs + r0 + r];
     Out* dst = out + orig * p.k;
     const Out* src = tile + static_cast<std::int64_t>(r) * p.k;
-    if (vec) {
+    if (vec_out) {
       const int n16 = static_cast<int>(row_bytes / 16);
       for (int i = threadIdx.x; i < n16; i += blockDim.x)
         reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];

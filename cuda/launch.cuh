@@ -44,6 +44,18 @@ cudaError_t launch_qmma_instance(const QmmaParams& p, const QlinearConfig& c,
   return cudaGetLastError();
 }
 
+template <typename Out, int kR>
+cudaError_t launch_dequant_rows(const DequantParams& p, const DequantConfig& c, dim3 grid,
+                               cudaStream_t stream) {
+  if (c.smem_bytes > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        dequant_rows_kernel<Out, kR>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes);
+    if (err != cudaSuccess) return err;
+  }
+  dequant_rows_kernel<Out, kR><<<grid, kDequantThreads, c.smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
 template <typename Out, Quant kQ>
 cudaError_t launch_dequant_instance(const DequantParams& p, const DequantConfig& c,
                                     cudaStream_t stream) {
@@ -51,12 +63,11 @@ cudaError_t launch_dequant_instance(const DequantParams& p, const DequantConfig&
   if (c.tile_rows > 0) {
     // The quantizer is only the table's contents here: one instance per output type would do,
     // but the (Out, kQ) instance files already exist and the code is small.
-    if (c.smem_bytes > 48 * 1024) {
-      const cudaError_t err = cudaFuncSetAttribute(
-          dequant_rows_kernel<Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes);
-      if (err != cudaSuccess) return err;
+    switch (c.tile_rows) {
+      case 1: return launch_dequant_rows<Out, 1>(p, c, grid, stream);
+      case 2: return launch_dequant_rows<Out, 2>(p, c, grid, stream);
+      default: return launch_dequant_rows<Out, 4>(p, c, grid, stream);
     }
-    dequant_rows_kernel<Out><<<grid, kDequantThreads, c.smem_bytes, stream>>>(p);
   } else {
     dequant_kernel<Out, kQ><<<grid, kDequantThreads, 0, stream>>>(p);
   }
