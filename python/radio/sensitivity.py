@@ -114,35 +114,49 @@ class LayerState:
         the square of the sum. The copies' gradients are formed ``max_elements`` weights at a
         time (one 7B layer is 45M weights: a copy at a time there)."""
         n, k = self.out_features, self.in_features
-        if copies is None:
-            delta, inputs = grad_out.reshape(1, -1, n), x.reshape(1, -1, k)
-        else:
-            if grad_out.numel() % (copies * n) or x.numel() % (copies * k):
-                raise ValueError(f"layer '{self.name}': a batch of {copies} copies needs "
-                                 f"gradients and inputs divisible into {copies} rows, got "
-                                 f"{tuple(grad_out.shape)} and {tuple(x.shape)}")
-            delta, inputs = grad_out.reshape(copies, -1, n), x.reshape(copies, -1, k)
+        if copies is not None:
+            self._add_copies(grad_out, x, copies, max_elements)
+            return
+        delta = grad_out.reshape(-1, n)
+        inputs = x.reshape(-1, k)
         # float16 products of gradients and activations may overflow; bfloat16 and float32 not.
         if delta.dtype == torch.float16:
             delta, inputs = delta.float(), inputs.float()
         delta = delta.to(inputs.dtype)
-        step = max(1, max_elements // (n * k))
-        for c0 in range(0, delta.shape[0], step):
-            # Rows in chunk order, so that groups are contiguous blocks: grad^T x with permuted
-            # rows; [c, N, K] in the input dtype.
-            grad = delta[c0:c0 + step][:, :, self.row_perm].transpose(1, 2) @ inputs[c0:c0 + step]
-            self._add_squares(grad)
-
-    def _add_squares(self, grad: torch.Tensor) -> None:
-        """Add the squared entries of the weight gradients ``grad`` [c, N, K] (permuted rows)."""
-        c = grad.shape[0]
+        # Rows in chunk order, so that groups are contiguous blocks: grad^T x with permuted rows.
+        grad = delta[:, self.row_perm].t() @ inputs  # [N, K], permuted rows, input dtype
         # Sums of squares as single-pass norms (read once, accumulated in float32): the weight
         # gradient is the largest tensor here and is never squared into a float32 copy.
-        row_norm = torch.linalg.vector_norm(grad, dim=2, dtype=torch.float32)  # [c, N]
-        self.row_g2_sum[self.row_perm] += row_norm.to(torch.float64).square_().sum(dim=0)
-        for c0, chunks, _, block in grouping.chunk_blocks(grad, self.rows_per_group):
-            norm = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)  # [c * chunks, K]
-            self.g2_sum[c0:c0 + chunks] += norm.square_().reshape(c, chunks, -1).sum(dim=0)
+        row_norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float32)
+        self.row_g2_sum[self.row_perm] += row_norm.to(torch.float64).square_()
+        for c0, chunks, _, block in grouping.chunk_blocks(grad[None], self.rows_per_group):
+            norm = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
+            self.g2_sum[c0:c0 + chunks] += norm.square_()
+
+    def _add_copies(self, grad_out: torch.Tensor, x: torch.Tensor, copies: int,
+                    max_elements: int) -> None:
+        n, k = self.out_features, self.in_features
+        if grad_out.numel() % (copies * n) or x.numel() % (copies * k):
+            raise ValueError(f"layer '{self.name}': a batch of {copies} copies needs gradients "
+                             f"and inputs divisible into {copies} rows, got "
+                             f"{tuple(grad_out.shape)} and {tuple(x.shape)}")
+        delta, inputs = grad_out.reshape(copies, -1, n), x.reshape(copies, -1, k)
+        if delta.dtype == torch.float16:  # products may overflow float16
+            delta, inputs = delta.float(), inputs.float()
+        delta = delta.to(inputs.dtype)
+        step = max(1, max_elements // (n * k))
+        for c0 in range(0, copies, step):
+            # [c, N, K] in the original row order (the permutation is applied to the sum of
+            # squares below, a row gather, rather than to the gradients' columns, a slow one).
+            grad = delta[c0:c0 + step].transpose(1, 2) @ inputs[c0:c0 + step]
+            # Our own temporary: squared in place (float32 for a bfloat16 model: at most
+            # ``max_elements`` of them), summed over the copies.
+            squares = grad.float().square_()
+            squares = squares[0] if squares.shape[0] == 1 else squares.sum(dim=0)  # [N, K]
+            self.row_g2_sum += squares.sum(dim=1, dtype=torch.float64)
+            for g0, chunks, _, block in grouping.chunk_blocks(squares[self.row_perm][None],
+                                                              self.rows_per_group):
+                self.g2_sum[g0:g0 + chunks] += block.sum(dim=1)
 
 
 # Set by ``_per_copy_gradients`` while a batch of per-token copies runs its backward pass: the
