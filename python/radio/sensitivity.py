@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
@@ -162,6 +163,14 @@ class LayerState:
 # Set by ``_per_copy_gradients`` while a batch of per-token copies runs its backward pass: the
 # number of copies every probe splits its gradient into (None: one gradient for the batch).
 _copies: Optional[int] = None
+# Cleared by a probe whose input does not hold the copies in its leading dimension (e.g. a
+# mixture-of-experts expert, fed the tokens routed to it from all copies): its gradient cannot
+# be split per copy, and ``backpropagate`` falls back to ``per_token_sequential``.
+_rows_are_copies = True
+
+
+class _MixedCopies(Exception):
+    pass
 
 
 @contextlib.contextmanager
@@ -226,7 +235,10 @@ class LayerProbe(nn.Module):
             self.weight = nn.Parameter(state.weight.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        global _rows_are_copies
         state = self.state
+        if _copies is not None and (x.dim() < 3 or x.shape[0] != _copies):
+            _rows_are_copies = False
         state.observe_input(x, self.clock.step)
         weight = self.weight if self.owns_weight else state.weight
         if self.owns_weight and state.recipe is not None:
@@ -331,7 +343,12 @@ def backpropagate(output_fn: Callable[[torch.Tensor], torch.Tensor], tokens: tor
     any model, about twice the work).
     """
     if estimator == "per_token":
-        per_token_batched(output_fn, tokens, directions, positions, head, causal)
+        try:
+            per_token_batched(output_fn, tokens, directions, positions, head, causal)
+        except _MixedCopies as e:
+            warnings.warn(f"per_token: {e}; one backward pass per token instead (slow)",
+                          stacklevel=2)
+            per_token_sequential(output_fn, tokens, directions, positions, head)
         return
     if estimator != "random_sign":
         raise ValueError(f"estimator must be 'random_sign' or 'per_token', got {estimator!r}")
@@ -412,12 +429,14 @@ def per_token_batched(output_fn, tokens: torch.Tensor, directions: torch.Tensor,
     token (``per_token_sequential``), at one forward pass per copy (of about half the length
     in causal models) instead of one per sequence.
     """
+    global _rows_are_copies
     b, seq_len = tokens.shape
     directions = directions.to(torch.float32)
     for number, (index, length) in enumerate(per_token_passes(positions, seq_len, causal)):
         copies = len(index) * b
         batch = tokens[:, :length].repeat(len(index), 1)
         at = positions.reshape(-1)[index].repeat_interleave(b)  # row i * b + s: position p_i
+        _rows_are_copies = True
         with _per_copy_gradients(copies):
             hidden = output_fn(batch)  # [copies, L, D]
             if number == 0 and head is not None:
@@ -427,6 +446,13 @@ def per_token_batched(output_fn, tokens: torch.Tensor, directions: torch.Tensor,
                     head(hidden[:, positions.reshape(-1).to(hidden.device)])
             picked = hidden[torch.arange(copies, device=hidden.device), at.to(hidden.device)]
             if head is not None:
-                picked = head(picked)  # [copies, V]
+                picked = head(picked[:, None])[:, 0]  # [copies, V] (inputs [copies, 1, D])
+            if not _rows_are_copies:
+                # Before any gradient was added (the first pass: its forward took the input
+                # means, which are those of the fallback's forward pass, the same tokens).
+                if number:
+                    raise RuntimeError("per_token: a layer's input layout changed between passes")
+                raise _MixedCopies("a layer's input does not hold the copies in its leading "
+                                   "dimension (expected [copies, tokens, features])")
             dirs = directions.to(picked.device).repeat(len(index), 1)
             (picked.float() * dirs).sum().backward()

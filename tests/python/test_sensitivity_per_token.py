@@ -229,6 +229,41 @@ def test_non_causal_model_runs_full_length_copies():
     assert relative_error(truncated, reference, "g2_sum") > 0.01  # why the check exists
 
 
+class Flattening(nn.Module):
+    """Causal (token-wise), but one layer sees the tokens of all sequences as rows of one
+    matrix, as a mixture-of-experts expert does: its gradient cannot be split per copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 32)
+        self.layers = nn.ModuleList([nn.ModuleList([nn.Linear(32, 48), nn.Linear(48, 32)])])
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        up, down = self.layers[0]
+        flat = torch.tanh(up(h.cumsum(dim=1).reshape(-1, 32)))
+        return h + down(flat.reshape(*h.shape[:2], 48))
+
+
+def test_layer_without_per_copy_rows_falls_back_to_sequential():
+    torch.manual_seed(0)
+    model = Flattening()
+    session = _Session(model, find_target_layers(model), config(), torch.device("cpu"), False)
+    session.install(offload=False, has_bias=True)
+    try:
+        tokens, positions, directions = random_case(2, 5, seed=6, width=32)
+        args = (model, tokens, directions, positions)
+        reference = statistics(session, lambda: sensitivity.per_token_sequential(*args))
+        with pytest.warns(UserWarning, match="leading dimension"):
+            fallback = statistics(session, lambda: sensitivity.backpropagate(
+                *args, "per_token", torch.Generator(), causal=True))
+    finally:
+        session.restore()
+    for key in ("g2_sum", "x_sum"):
+        assert relative_error(fallback, reference, key) < 1e-6, key
+    assert all(fallback[n]["x_count"] == reference[n]["x_count"] for n in reference)
+
+
 # -- through radio.quantize -----------------------------------------------------------------
 
 def test_quantize_per_token_matches_the_sequential_estimator(monkeypatch):
