@@ -14,7 +14,10 @@ Two estimators of ``sum_t (dy_t/dW)^2``:
   batched passes (``per_token_passes``): every sampled token of every sequence is a copy of its
   sequence in a batch, truncated after the token in causal models (nothing later reaches it),
   and one backward pass of the sum of the copies' outputs gives each copy its own gradient; the
-  probes square each copy's weight gradient separately (``add_gradient(copies=...)``).
+  probes square each copy's weight gradient separately (``add_gradient(copies=...)``). At 17
+  tokens of 2048 the copies hold 8.6x a sequence's tokens (attention: 5.9x): that much more
+  work than ``random_sign`` (CPU, 4 layers x 256 wide, 512 tokens: 6.3x; the sequential loop,
+  with a forward pass shared but 17 backward passes at full length: 12.7x).
   ``per_token_sequential`` is the simple reference twin: one backward pass per sampled token.
 - ``random_sign``: one backward pass of ``sum_t s_t y_t`` with independent Rademacher signs
   ``s_t``. Since ``E[s_t s_u] = [t = u]``, ``E[(sum_t s_t g_t)^2] = sum_t g_t^2`` elementwise: an
