@@ -44,6 +44,9 @@ SHAPES = {
                              num_attention_heads=32, num_key_value_heads=32),
     "llama2-13b-shapes": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                               num_attention_heads=40, num_key_value_heads=40),
+    # ~0.9 GiB in fp16: the host-memory phases of an offloaded run, measurable on a CPU
+    "llama-1g-shapes": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=32,
+                            num_attention_heads=16, num_key_value_heads=16),
 }
 MODELS = ["smollm2", *SHAPES, "tiny"]
 
@@ -144,6 +147,10 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=None, help="override the preset's rounds")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="override the preset's sequence length (short CPU runs)")
+    p.add_argument("--sequences", type=int, default=None,
+                   help="override sequences_per_round and pca_sequences (short CPU runs)")
     p.add_argument("--offload", action="store_true",
                    help="keep the model in host memory and stream it to the GPU block by block "
                         "(radio.quantize offload=True); on a machine without a GPU the same "
@@ -159,9 +166,14 @@ def main(argv=None) -> int:
     build_seconds = time.perf_counter() - t0
     phases.mark("build")
     model_gib = sum(t.numel() * t.element_size() for t in model.parameters()) / 2**30
-    config = radio.QuantConfig.for_device(device)
+    overrides = {}
     if args.rounds is not None:
-        config = radio.QuantConfig.for_device(device, rounds=args.rounds)
+        overrides["rounds"] = args.rounds
+    if args.seq_len is not None:
+        overrides["seq_len"] = args.seq_len
+    if args.sequences is not None:
+        overrides.update(sequences_per_round=args.sequences, pca_sequences=args.sequences)
+    config = radio.QuantConfig.for_device(device, **overrides)
     calib = None
     if args.model != "smollm2":
         seq_len = config.resolved_seq_len(model.config.max_position_embeddings)

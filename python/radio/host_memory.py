@@ -7,10 +7,12 @@ is written to ``/proc/self/clear_refs``, so a phase's own peak can be read.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 from typing import Optional
 
-__all__ = ["rss_bytes", "peak_rss_bytes", "reset_peak_rss"]
+__all__ = ["rss_bytes", "peak_rss_bytes", "reset_peak_rss", "return_free_memory"]
 
 
 def _status_kib(key: str) -> Optional[int]:
@@ -47,3 +49,20 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def return_free_memory() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc ``malloc_trim(0)``); False where
+    there is no glibc. Tensors above glibc's mmap threshold (at most 32 MiB) are unmapped as
+    soon as they are freed; smaller ones (the layers of models below ~7B) come from the heap,
+    whose freed pages stay resident, though reused, until trimmed."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

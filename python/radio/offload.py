@@ -33,7 +33,10 @@ weights ACROSS ranks is not done.
 
 Host memory: one copy of every quantized weight (FSDP's host storage, page-locked in place, also
 the session's original and the replaced ``nn.Linear``'s weight) and two of the root's parameters
-(the model's own, put back at the end, and FSDP's). See docs/design.md ("Offload") for the arithmetic.
+(the model's own, put back at the end, and FSDP's). In the final round each original is freed in
+place (``free_host_storage``) as soon as its packed layer has replaced it in the model, so the
+packed layers never come on top of every original. See docs/design.md ("Offload") for the
+arithmetic and the failure contract that follows.
 
 At the end the FSDP wrapping is removed: hooks, the FSDP classes and state go, the model's
 original parameter objects (never moved) and buffers (moved back) are put back (the quantized
@@ -153,6 +156,18 @@ class HostPinning:
             self.refused.append((ptr, nbytes))
             return False
         self._pinned[ptr] = storage
+        return True
+
+    def discard(self, tensor: torch.Tensor) -> bool:
+        """Unregister ``tensor``'s storage (before it is freed); False when it was not
+        registered here."""
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if self._pinned.pop(ptr, None) is None:
+            return False
+        if not self._unregister(ptr):
+            warnings.warn("radio offload: cudaHostUnregister failed for a host buffer of "
+                          f"{storage.nbytes()} bytes", RuntimeWarning, stacklevel=2)
         return True
 
     def release(self) -> None:
@@ -291,6 +306,21 @@ class StreamedModel:
             raise RuntimeError(f"offload: the local shard {tuple(local.shape)} is not the whole "
                                f"parameter {tuple(param.shape)}; expected one rank per group")
         return local
+
+    def free_host_storage(self, tensor: torch.Tensor) -> None:
+        """Free the host memory of a streamed parameter's local storage now (``tensor``: its
+        ``local_weight``), unpinning it first; the storage is left with 0 bytes. Only once
+        nothing will stream or read that parameter again (the final round, after the last
+        forward); radio's own references go, but FSDP keeps its own until ``close``, so freeing
+        in place is what returns the memory one layer at a time."""
+        if tensor.device.type != "cpu":
+            raise ValueError(f"free_host_storage expects a host tensor, got one on "
+                             f"{tensor.device}")
+        if self.pinning is not None:
+            if self.device.type == "cuda":  # no copy may still read what is unregistered
+                torch.cuda.synchronize(self.device)
+            self.pinning.discard(tensor)
+        tensor.untyped_storage().resize_(0)
 
     # -- teardown ---------------------------------------------------------------------------------
     def close(self) -> None:
