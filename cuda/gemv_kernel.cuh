@@ -31,6 +31,7 @@
 #include "common.cuh"
 #include "decode.cuh"
 #include "ops.hpp"  // kGemvMaxTokens
+#include "transpose_x.cuh"
 
 namespace radio::cuda {
 
@@ -39,6 +40,7 @@ constexpr int kTableEntries = 510;     // T_B[q] of depths 1..8: depth B starts 
 
 struct GemvParams {
   const void* x;                    // [m, k] in Act
+  const void* xt;                   // [k, kTokens] in Act: x transposed, zero-padded (x if 1 token)
   const std::uint32_t* qweight;     // [W]
   const __half* scale;              // [C, Kp]
   const __half* loc;                // [C, Kp]
@@ -190,7 +192,7 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   if (lane == 0 && max_depth > 0) atomicMax(&s_max_depth, max_depth);
 
   // Stage xs and the chunk term for the block's positions.
-  const Act* x = static_cast<const Act*>(p.x);
+  const Act* xt = static_cast<const Act*>(p.xt);
   const int npos = n_units * 32;
   const std::int64_t pos0 = static_cast<std::int64_t>(chunk) * p.padded_k + 32LL * u_begin;
   float term[kTokens];
@@ -198,6 +200,7 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   for (int t = 0; t < kTokens; ++t) term[t] = 0.f;
   // Four positions per thread per pass, their loads issued before any use (the x gather
   // depends on col_perm: two dependent global loads per position, the block's startup latency).
+  // A position's tokens are one run of xt (transpose_x.cuh), zero beyond m.
   constexpr int kStage = 4;
   for (int base = tid; base < npos; base += kStage * nthreads) {
     int col[kStage];
@@ -211,11 +214,14 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
     }
     float xv[kStage][kTokens];
 #pragma unroll
-    for (int j = 0; j < kStage; ++j)
+    for (int j = 0; j < kStage; ++j) {
+      if (col[j] < p.k) {
+        load_token_column<Act, kTokens>(xt + static_cast<std::int64_t>(col[j]) * kTokens, xv[j]);
+      } else {
 #pragma unroll
-      for (int t = 0; t < kTokens; ++t)
-        xv[j][t] = (t < m && col[j] < p.k)
-                       ? to_float(x[static_cast<std::int64_t>(t) * p.k + col[j]]) : 0.f;
+        for (int t = 0; t < kTokens; ++t) xv[j][t] = 0.f;
+      }
+    }
 #pragma unroll
     for (int j = 0; j < kStage; ++j) {
       const int i = base + j * nthreads;

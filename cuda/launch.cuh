@@ -12,6 +12,7 @@
 #include "qmma_kernel.cuh"
 #include "ops.hpp"
 #include "qlinear_kernel.cuh"
+#include "transpose_x.cuh"
 
 namespace radio::cuda {
 

@@ -81,11 +81,26 @@ std::string prepare_call(P& p, std::uintptr_t x, int m, const LayerPtrs& layer, 
   p.m = m;
   p.units_per_split = c.units_per_split;
   p.splits = c.splits;
-  if (c.workspace_bytes == 0) return {};
+  if (c.zeroed_bytes == 0) return {};
   p.workspace = reinterpret_cast<float*>(workspace);
   p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
-  return cuda_error(cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.workspace_bytes, s),
+  return cuda_error(cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.zeroed_bytes, s),
                     "workspace memset");
+}
+
+// p.xt: x itself (one token), or x transposed into the workspace by a kernel launched first.
+template <typename Act, typename P>
+std::string prepare_xt(P& p, std::uintptr_t x, int m, int k, std::uintptr_t workspace,
+                       const QlinearConfig& c, cudaStream_t s) {
+  if (c.xt_tokens == 0) {
+    p.xt = reinterpret_cast<const void*>(x);
+    return {};
+  }
+  void* xt = reinterpret_cast<void*>(workspace + c.xt_offset);
+  p.xt = xt;
+  return cuda_error(launch_transpose_x<Act>(reinterpret_cast<const void*>(x), m, k, c.xt_tokens,
+                                            c.xt_groups, c.xt_group_stride, xt, s),
+                    "transpose_x launch");
 }
 
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
@@ -94,10 +109,20 @@ std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
   cudaError_t err;
+  std::string xt_err;
   switch (static_cast<DType>(dtype)) {
-    case DType::kHalf: err = launch_gemv<__half>(p, c, s); break;
-    case DType::kBFloat16: err = launch_gemv<__nv_bfloat16>(p, c, s); break;
-    default: err = launch_gemv<float>(p, c, s); break;
+    case DType::kHalf:
+      if (!(xt_err = prepare_xt<__half>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
+      err = launch_gemv<__half>(p, c, s);
+      break;
+    case DType::kBFloat16:
+      if (!(xt_err = prepare_xt<__nv_bfloat16>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
+      err = launch_gemv<__nv_bfloat16>(p, c, s);
+      break;
+    default:
+      if (!(xt_err = prepare_xt<float>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
+      err = launch_gemv<float>(p, c, s);
+      break;
   }
   return cuda_error(err, "gemv launch");
 }
@@ -108,17 +133,21 @@ std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   const Quant q = static_cast<Quant>(layer.quantizer);
   cudaError_t err;
+  std::string xt_err;
   switch (static_cast<DType>(dtype)) {
     case DType::kHalf:
       fill_table16<__half>(q, p.table);
+      if (!(xt_err = prepare_xt<__half>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
       err = launch_qmma<__half>(p, c, s);
       break;
     case DType::kBFloat16:
       fill_table16<__nv_bfloat16>(q, p.table);
+      if (!(xt_err = prepare_xt<__nv_bfloat16>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
       err = launch_qmma<__nv_bfloat16>(p, c, s);
       break;
     default:
       fill_table16<__half>(q, p.table);
+      if (!(xt_err = prepare_xt<float>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
       err = launch_qmma<float>(p, c, s);
       break;
   }

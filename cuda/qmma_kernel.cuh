@@ -26,6 +26,7 @@
 #include "common.cuh"
 #include "decode.cuh"
 #include "gemv_kernel.cuh"
+#include "transpose_x.cuh"
 
 namespace radio::cuda {
 
@@ -36,6 +37,7 @@ constexpr int kQmmaTileStride = 40;    // halves per tile row: 32 + 8, ldmatrix 
 
 struct QmmaParams {
   const void* x;
+  const void* xt;  // [groups][k][kTokens] in Act: x transposed, zero-padded (transpose_x.cuh)
   const std::uint32_t* qweight;
   const __half* scale;
   const __half* loc;
@@ -148,12 +150,11 @@ __global__ void __launch_bounds__(kQmmaThreads) qmma_kernel(const QmmaParams p) 
   if (lane == 0 && max_depth > 0) atomicMax(&s_max_depth, max_depth);
 
   // Stage xs (mma type) for the block's positions and tokens, and the chunk term.
-  const Act* x = static_cast<const Act*>(p.x) + static_cast<std::int64_t>(tok0) * p.k;
+  const Act* xt = static_cast<const Act*>(p.xt) + static_cast<std::int64_t>(blockIdx.z) * p.k * kTokens;
   const int npos = n_units * 32;
   const std::int64_t pos0 = static_cast<std::int64_t>(chunk) * p.padded_k + 32LL * u_begin;
-  // All tokens' x of a position are loaded before any is used (the gather depends on col_perm:
-  // issuing them one token at a time serialised kTokens L2 round trips per position), and the
-  // chunk term is reduced once at the end.
+  // A position's tokens are one run of xt (zero beyond m), a few vector loads; read from x they
+  // were kTokens dependent 2-byte L2 gathers. The chunk term is reduced once at the end.
   float term[kTokens];
 #pragma unroll
   for (int t = 0; t < kTokens; ++t) term[t] = 0.f;
@@ -162,9 +163,12 @@ __global__ void __launch_bounds__(kQmmaThreads) qmma_kernel(const QmmaParams p) 
     const float sc = __half2float(p.scale[pos0 + i]);
     const float lc = __half2float(p.loc[pos0 + i]);
     float xv[kTokens];
+    if (col < p.k) {
+      load_token_column<Act, kTokens>(xt + static_cast<std::int64_t>(col) * kTokens, xv);
+    } else {
 #pragma unroll
-    for (int t = 0; t < kTokens; ++t)
-      xv[t] = (t < m && col < p.k) ? to_float(x[static_cast<std::int64_t>(t) * p.k + col]) : 0.f;
+      for (int t = 0; t < kTokens; ++t) xv[t] = 0.f;
+    }
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) {
       xs[t * xs_stride + i] = bits16<M>(sc * xv[t]);

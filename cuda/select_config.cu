@@ -56,6 +56,16 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // the larger shape; bench/KERNELS.md).
 int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
 constexpr int kGemvMinUnits = 4;
+
+// The transposed x (transpose_x.cuh) after the zeroed part of the workspace, 256-byte aligned,
+// sized for 4-byte activations (the configuration does not know the dtype).
+void add_xt(QlinearConfig& c, int k, int tokens, int groups, int group_stride) {
+  c.xt_tokens = tokens;
+  c.xt_groups = groups;
+  c.xt_group_stride = group_stride;
+  c.xt_offset = (c.zeroed_bytes + 255) / 256 * 256;
+  c.workspace_bytes = c.xt_offset + static_cast<std::int64_t>(groups) * k * tokens * 4;
+}
 constexpr int kGemvXsBytes = 32 * 1024;
 
 QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
@@ -77,8 +87,10 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   if (c.splits > 1) {
     const std::int64_t partial = static_cast<std::int64_t>(n) * c.gemv_tokens * 4;
     c.counters_offset = (partial + 255) / 256 * 256;
-    c.workspace_bytes = c.counters_offset + static_cast<std::int64_t>(chunks) * 4;
+    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(chunks) * 4;
   }
+  if (c.gemv_tokens > 1) add_xt(c, k, c.gemv_tokens, 1, c.gemv_tokens);
+  c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
   return c;
 }
 // 9..64 tokens, chunks of at most 256 rows: qmma_kernel.cuh. The same K split rule as the gemv
@@ -105,8 +117,9 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
     const std::int64_t partial =
         static_cast<std::int64_t>(c.grid_z) * n * kQmmaGroupTokens * 4;
     c.counters_offset = (partial + 255) / 256 * 256;
-    c.workspace_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_z) * chunks * 4;
+    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_z) * chunks * 4;
   }
+  add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
 }  // namespace
@@ -144,7 +157,8 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   if (c.splits > 1) {
     const std::int64_t partial = static_cast<std::int64_t>(n) * tokens * 4;
     c.counters_offset = (partial + 255) / 256 * 256;
-    c.workspace_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_x) * 4;
+    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_x) * 4;
+    c.workspace_bytes = c.zeroed_bytes;
   }
   return c;
 }
