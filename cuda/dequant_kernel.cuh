@@ -40,7 +40,7 @@ struct DequantParams {
 };
 
 constexpr int kDequantThreads = 256;
-constexpr int kMaxTileRows = 4;  // dequant_rows_kernel: rows per block at most (1, 2 or 4)
+constexpr int kMaxTileRows = 8;  // dequant_rows_kernel: rows per block at most (1, 2, 4 or 8)
 
 template <typename Out, Quant kQ, int kB, int kJ>
 __device__ __forceinline__ void store_index(const std::uint32_t (&w)[kB], const float* lut_b,
@@ -133,14 +133,22 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_kernel(const DequantP
 // kernel is latency-bound (v2 with 2 units per step took as long as v1 on the H100), so as many
 // as fit 80 registers without spills (3 blocks of 256 threads per SM): 2 * kR words per unit.
 template <int kR>
-constexpr int units_in_flight() { return kR >= 4 ? 3 : 5; }
+constexpr int units_in_flight() { return kR >= 8 ? 2 : kR >= 4 ? 3 : 5; }
 
 // kR consecutive u32 from `src` into `dst`: one vector load when `vec` (16 / 8-byte aligned and
 // all kR rows inside the chunk), else `rows` scalar loads (the rest zero).
 template <int kR>
 __device__ __forceinline__ void load_row_words(const std::uint32_t* src, bool vec, int rows,
                                                std::uint32_t (&dst)[kR]) {
-  if constexpr (kR == 4) {
+  if constexpr (kR == 8) {
+    if (vec) {
+      const uint4 a = __ldg(reinterpret_cast<const uint4*>(src));
+      const uint4 b = __ldg(reinterpret_cast<const uint4*>(src) + 1);
+      dst[0] = a.x; dst[1] = a.y; dst[2] = a.z; dst[3] = a.w;
+      dst[4] = b.x; dst[5] = b.y; dst[6] = b.z; dst[7] = b.w;
+      return;
+    }
+  } else if constexpr (kR == 4) {
     if (vec) {
       const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
       dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
@@ -157,10 +165,18 @@ __device__ __forceinline__ void load_row_words(const std::uint32_t* src, bool ve
   for (int r = 0; r < kR; ++r) dst[r] = r < rows ? __ldg(src + r) : 0u;
 }
 
-// kR rows per block (1, 2 or 4; select_config.cu). The loads are kR wide for kR <= 4; kR = 1
-// covers layers whose row tile would not fit shared memory twice.
+// Threads of a dequant_rows_kernel block: 1024 for 8-row tiles (one block of up to ~200 KB of
+// shared memory per SM still has 32 warps), else kDequantThreads at 3 blocks per SM.
+template <int kR>
+constexpr int dequant_rows_threads() { return kR >= 8 ? 1024 : kDequantThreads; }
+
+// kR rows per block (1, 2, 4 or 8; select_config.cu). The per-position tensors (col_perm, scale,
+// loc: 8 bytes per position) are read once per block, i.e. 8 / kR bytes per weight from L2: at
+// kR = 2 that was ~2.4 GB for 49152x12288, the kernel's largest traffic (ncu: L2 hit 92%). The
+// word loads are kR wide for kR <= 4 (two 16-byte loads for 8).
 template <typename Out, int kR>
-__global__ void __launch_bounds__(kDequantThreads, 3) dequant_rows_kernel(const DequantParams p) {
+__global__ void __launch_bounds__(dequant_rows_threads<kR>(), kR >= 8 ? 1 : 3)
+    dequant_rows_kernel(const DequantParams p) {
   __shared__ float table[512];
   extern __shared__ __align__(16) unsigned char smem[];
   // [kR][k] values, then the chunk's unit offsets (i32) and depths (u8)
@@ -185,7 +201,7 @@ __global__ void __launch_bounds__(kDequantThreads, 3) dequant_rows_kernel(const 
   // unit offsets are multiples of rows_c (format: B*rows_c words per unit), so rows_c, r0 and
   // the base pointer decide it once per block.
   const bool vec = rows == kR && rows_c % kR == 0 &&
-                   reinterpret_cast<std::uintptr_t>(p.qweight) % (4 * kR) == 0;
+                   reinterpret_cast<std::uintptr_t>(p.qweight) % (4 * (kR > 4 ? 4 : kR)) == 0;
   const std::uint32_t* qrows = p.qweight + r0;
   const std::int64_t chunk_pos0 = static_cast<std::int64_t>(chunk) * p.padded_k;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;

@@ -53,7 +53,7 @@ cudaError_t launch_dequant_rows(const DequantParams& p, const DequantConfig& c, 
         dequant_rows_kernel<Out, kR>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes);
     if (err != cudaSuccess) return err;
   }
-  dequant_rows_kernel<Out, kR><<<grid, kDequantThreads, c.smem_bytes, stream>>>(p);
+  dequant_rows_kernel<Out, kR><<<grid, dequant_rows_threads<kR>(), c.smem_bytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -67,7 +67,8 @@ cudaError_t launch_dequant_instance(const DequantParams& p, const DequantConfig&
     switch (c.tile_rows) {
       case 1: return launch_dequant_rows<Out, 1>(p, c, grid, stream);
       case 2: return launch_dequant_rows<Out, 2>(p, c, grid, stream);
-      default: return launch_dequant_rows<Out, 4>(p, c, grid, stream);
+      case 4: return launch_dequant_rows<Out, 4>(p, c, grid, stream);
+      default: return launch_dequant_rows<Out, 8>(p, c, grid, stream);
     }
   } else {
     dequant_kernel<Out, kQ><<<grid, kDequantThreads, 0, stream>>>(p);

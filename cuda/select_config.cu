@@ -48,6 +48,15 @@ int device_sm_count() {
   return err == cudaSuccess ? count : -1;
 }
 
+// Shared memory one block may opt in to (227 KB on an H100, 163 KB on an A100), or -1.
+int device_smem_per_block_optin() {
+  int dev = 0, bytes = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  return err == cudaSuccess ? bytes : -1;
+}
+
 namespace {
 constexpr int kGemvMaxRows = 256;      // rows per chunk the gemv block covers (2 per thread)
 int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
@@ -166,11 +175,17 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count) {
   (void)sm_count;
   DequantConfig c;
-  // Row tiles: the most rows (8, 4, 2, 1) whose tile stays within kTileBytes of shared memory
-  // (3 blocks of 256 threads per SM on an H100); layers too wide for one row use the fallback.
+  // Row tiles. 8 rows (blocks of 1024 threads, dequant_rows_threads) when the tile fits the
+  // device's per-block shared memory with room to spare: one block per SM still has 32 warps,
+  // and each position's col_perm/scale/loc serve 8 rows. Otherwise the most rows (4, 2, 1)
+  // within kTileBytes (3 blocks of 256 threads per SM); layers too wide for one row use the
+  // fallback.
   constexpr int kTileBytes = 64 * 1024;
   const std::int64_t row_bytes = static_cast<std::int64_t>(k) * out_bytes;
-  for (int rows = kMaxTileRows; rows >= 1 && c.tile_rows == 0; rows /= 2)
+  const int optin = device_smem_per_block_optin();
+  const std::int64_t big_tile = optin > 0 ? optin - 16 * 1024 : kTileBytes;
+  if (kMaxTileRows <= gs && kMaxTileRows * row_bytes <= big_tile) c.tile_rows = kMaxTileRows;
+  for (int rows = kMaxTileRows / 2; rows >= 1 && c.tile_rows == 0; rows /= 2)
     if (rows * row_bytes <= kTileBytes && rows <= gs) c.tile_rows = rows;
   if (c.tile_rows == 0 && row_bytes <= 96 * 1024) c.tile_rows = 1;
   if (c.tile_rows > 0) {
