@@ -46,7 +46,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import calibration, checkpoint, distributed, grouping, layer, sensitivity, torch_quant
+from . import calibration, checkpoint, distributed, grouping, host_memory, layer, sensitivity, \
+    torch_quant
 from .round_weighting import RoundWeighting
 from . import offload as streaming
 from .config import QuantConfig
@@ -284,6 +285,10 @@ class _Session:
         self._installed = False
         self._copy_stream = None
         self.streamed = False
+        # Streamed runs: frees a layer's host original once its packed layer has replaced it
+        # (set by ``stream``), and the layers replaced so, in order (``swapped``).
+        self._release_original: Optional[Callable[[sensitivity.LayerState], None]] = None
+        self.swapped: List[str] = []
         self.causal: Optional[bool] = None  # per_token: found by _is_causal on the first batch
 
     # -- install / restore ----------------------------------------------------------------------
@@ -376,9 +381,20 @@ class _Session:
                     state.module.weight.data = host
                     state.weight = state.original = host
 
-        return streaming.StreamedModel(self.model, root, blocks,
-                                       [self.probes[s.name] for s in self.states], self.device,
-                                       on_wrapped=adopt)
+        stream = streaming.StreamedModel(self.model, root, blocks,
+                                         [self.probes[s.name] for s in self.states],
+                                         self.device, on_wrapped=adopt)
+
+        def release(state: sensitivity.LayerState) -> None:
+            # FSDP's host storage of this original (no copy reads it any more: the final round
+            # streams nothing and its batch's device copy was waited for) is freed in place;
+            # the replaced nn.Linear keeps an empty weight instead of a dangling one.
+            stream.free_host_storage(state.original)
+            state.module.weight.data = state.original.new_empty(0)
+            state.original = state.weight = None
+
+        self._release_original = release
+        return stream
 
     def enable_checkpointing(self, blocks: Optional[nn.ModuleList], count: int) -> None:
         """Recompute the first ``count`` decoder blocks in the backward pass (the others keep
@@ -399,7 +415,10 @@ class _Session:
         """Undo everything (after a failure): original modules and weights back."""
         self._unpatch_blocks()
         if self._installed:
+            swapped = set(self.swapped)
             for state in self.states:
+                if state.name in swapped:  # quantized for good: its original is freed
+                    continue
                 module = state.module
                 if state.weight.data_ptr() == module.weight.data_ptr():
                     module.weight.data.copy_(state.original.to(module.weight.device))
@@ -556,7 +575,12 @@ class _Session:
                    ) -> Dict[str, PackedLayer]:
         """Quantize every layer from its original weight at the allocated depths; update the
         working weights and biases; pack when ``final`` (bit packing runs on CPU threads while
-        the GPU quantizes the next batch)."""
+        the GPU quantizes the next batch).
+
+        A streamed run's final round builds each packed layer in host memory as soon as its
+        bit packing is done, puts its ``RadioLinear`` in the model and frees the layer's host
+        original (``_swap_in``), so host memory holds the originals not yet packed plus the
+        packed layers done, never both of every layer (docs/design.md, "Offload")."""
         cfg = self.config
         depth_of = {state.name: d for state, d in zip(self.states, alloc.depths)}
         laplace = cfg.quantizer == "laplace"
@@ -565,7 +589,20 @@ class _Session:
         pool = ThreadPoolExecutor(max_workers=workers) if final else None
         # Packing jobs not yet done hold their uint8 indices (1 byte per weight, half a 16-bit
         # model if all piled up): at most 2 per worker wait, the GPU waits for the oldest.
-        unfinished = collections.deque()
+        unfinished = collections.deque()  # states whose packing job is in ``jobs``
+        packed: Dict[str, PackedLayer] = {}
+
+        def settle(state: sensitivity.LayerState) -> None:
+            """Wait for the layer's packing, assemble its packed layer (and, streamed, swap it
+            in and free the original)."""
+            future, side, bias = jobs.pop(state.name)
+            st = state.stats
+            packed[state.name] = layer.packed_layer(
+                st.geometry, cfg.quantizer, st.row_perm, st.col_perm, state.depth, side, bias,
+                qweight=future.result())
+            if self.streamed:
+                self._swap_in(state, packed[state.name])
+
         bar = tqdm(total=len(self.states), desc="radio: final quantization", unit="layer",
                    disable=not (self.progress and final), leave=False)
         try:
@@ -605,40 +642,60 @@ class _Session:
                         # Keep only the small side tensors: holding q.layer(i) would keep the
                         # float32 w_hat of every layer alive until the end.
                         side = torch_quant.LayerQuantization(q.scale[i], q.loc[i], None, None)
+                        bias = None if biases is None else biases[i]
+                        if self.streamed:  # the packed layer is assembled in host memory
+                            side = torch_quant.LayerQuantization(side.scale.cpu(),
+                                                                 side.loc.cpu(), None, None)
+                            bias = None if bias is None else bias.cpu()
                         while len(unfinished) >= 2 * workers:
-                            unfinished.popleft().result()
+                            settle(unfinished.popleft())
                         future = pool.submit(layer.pack, indices, depth[i], state.rows_per_group)
-                        unfinished.append(future)
+                        unfinished.append(state)
                         del indices
-                        jobs[state.name] = (future, side, None if biases is None else biases[i])
+                        jobs[state.name] = (future, side, bias)
                 del weights, q
                 bar.update(len(batch))
-            packed = {}
-            for state in self.states if final else []:
-                future, qi, bias = jobs.pop(state.name)
-                st = state.stats
-                packed[state.name] = layer.packed_layer(
-                    st.geometry, cfg.quantizer, st.row_perm, st.col_perm, state.depth, qi, bias,
-                    qweight=future.result())
+            while unfinished:
+                settle(unfinished.popleft())
+            packed = {state.name: packed[state.name] for state in self.states if final}
         finally:
             bar.close()
             if pool is not None:
                 pool.shutdown(wait=True)
         return packed
 
-    def finish(self, packed: Dict[str, PackedLayer]) -> None:
-        """Swap the probes for RadioLinear modules holding the packed layers."""
+    def _swap_in(self, state: sensitivity.LayerState, packed: PackedLayer) -> None:
+        """A streamed run's final round: the layer's RadioLinear replaces its probe and the host
+        original is freed. From the first swap on, a failure cannot restore this layer:
+        ``swapped`` names the layers that stay quantized (``quantize`` raises with them)."""
         from .nn import RadioLinear
 
+        if distributed.is_distributed():
+            # Every rank quantized the same statistics at the same depths; rank 0's packed
+            # layer is the answer on every rank (the ranks settle layers in the same order).
+            distributed.broadcast_tensors(list(packed.tensors().values()))
+        module = RadioLinear.from_packed(packed, dtype=state.original.dtype)
+        _set_submodule(self.model, state.name, module)
+        self.swapped.append(state.name)
+        self.probes.pop(state.name, None)
+        self._release_original(state)
+
+    def finish(self, packed: Dict[str, PackedLayer]) -> None:
+        """Swap the probes for RadioLinear modules holding the packed layers (those not
+        swapped in already by a streamed final round)."""
+        from .nn import RadioLinear
+
+        swapped = set(self.swapped)
         # Build every module first: if one fails, restore() still finds the model intact.
         modules = {state.name: RadioLinear.from_packed(packed[state.name],
                                                        dtype=state.weight.dtype)
-                   for state in self.states}
+                   for state in self.states if state.name not in swapped}
         self._unpatch_blocks()
         self._finish_model()
         self._saved_requires_grad = []
         for state in self.states:
-            _set_submodule(self.model, state.name, modules.pop(state.name))
+            if state.name not in swapped:
+                _set_submodule(self.model, state.name, modules.pop(state.name))
             # Drop what the session held (originals in pinned CPU memory, the full-precision
             # module), so that its memory is freed layer by layer.
             state.original = state.weight = state.stats = state.module = None
@@ -815,7 +872,12 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         (``"cuda:1"``) picks the GPU; ``"cpu"`` runs the same path without a GPU (tests). Uses
         the existing process group under torchrun (each rank streams its own full copy),
         otherwise a 1-rank group made and torn down here. The model is returned in host memory.
-        The result equals ``offload=False`` within float rounding.
+        The result equals ``offload=False`` within float rounding. In the final round each
+        layer's original is freed as soon as its packed layer replaces it (host memory stays
+        near 1x the model instead of 1x + the packed size), so a failure there cannot restore
+        everything: every layer is then either quantized (``RadioLinear``) or original, the
+        model runs, and a ``RuntimeError`` names the quantized layers (``quantized_layers``);
+        a failure before the final round restores the whole model.
 
     Returns
     -------
@@ -1002,7 +1064,7 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         seconds["quantization"] = t_quant
         if job is not None:
             seconds["checkpoints"] = t_save
-        if distributed.is_distributed():
+        if distributed.is_distributed() and not streamed:  # (streamed: done in _swap_in)
             # Every rank quantized the same statistics at the same depths; rank 0's packed
             # layers are the answer on every rank, whatever the ranks' rounding did.
             for state in session.states:
@@ -1013,10 +1075,18 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         if streamed:  # the model came in host memory and goes back there
             for name, _ in targets:
                 model.get_submodule(name).to("cpu")
-    except BaseException:
+            host_memory.return_free_memory()  # the originals freed from the heap, if any
+    except BaseException as error:
         if stream is not None:
             stream.close()
         session.restore()
+        if session.swapped:
+            message = _partly_quantized_message(session, error)
+            if isinstance(error, Exception):
+                failure = RuntimeError(message)
+                failure.quantized_layers = list(session.swapped)
+                raise failure from error
+            error.add_note(message)  # KeyboardInterrupt and the like keep their type
         raise
     seconds["total"] = time.perf_counter() - start
     settings = config.to_dict()
@@ -1037,6 +1107,16 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
     if verbose and distributed.is_main():
         print(report)
     return model
+
+
+def _partly_quantized_message(session: _Session, error: BaseException) -> str:
+    done, total = session.swapped, len(session.states)
+    return (f"radio.quantize(offload=...) failed during the final packing "
+            f"({type(error).__name__}: {error}) after {len(done)} of {total} layers had been "
+            f"quantized: {', '.join(done)}. Those are RadioLinear modules now (their original "
+            f"weights were freed to keep host memory near 1x the model); the other "
+            f"{total - len(done)} layers are their original nn.Linear again, so the model runs, "
+            "partly quantized. Quantize a freshly loaded model to get every layer quantized.")
 
 
 class _CallableModule(types.ModuleType):
