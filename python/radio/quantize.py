@@ -469,6 +469,10 @@ class _Session:
                  generator: torch.Generator, signs: Optional[torch.Tensor] = None) -> None:
         if self.config.estimator == "per_token" and self.causal is None:
             self.causal = _is_causal(output_fn, tokens)
+            if not self.causal:
+                warnings.warn("per_token: the model's outputs depend on later tokens (not a "
+                              "causal LM?): every sampled token's copy runs at full length, "
+                              "about twice the work", stacklevel=2)
         for state in self.states:
             state.collect = True
         self.clock.step += 1

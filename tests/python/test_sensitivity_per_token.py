@@ -331,3 +331,11 @@ def test_per_token_streamed_matches_the_plain_run():
     assert packed[0].keys() == packed[1].keys() and len(packed[0]) == 14
     for name, depth in packed[0].items():
         assert torch.equal(depth, packed[1][name]), name
+
+
+def test_quantize_warns_about_a_non_causal_model():
+    torch.manual_seed(0)
+    calib = torch.randint(0, VOCAB, (8, SEQ_LEN), generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match="full length"):
+        quantize(Bidirectional(), bits=6.0, calib=calib, verbose=False,
+                 config=config(rounds=1, estimator="per_token"))
