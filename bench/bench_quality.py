@@ -18,10 +18,10 @@ One call, in order of importance (`--time-budget`, default 570 s from the start 
 reference; radio at the main rates (`--bits`); RTN (per channel and g128, sym and asym) and GPTQ
 (g128, with and without act-order) at 3 and 4 bits; radio at a baseline's g128 rate where no
 cheaper radio point already beats it (`--match`); the max_distortion series (`--distortions`);
-radio with `round_weighting="normalized"` at `--normalized-bits`; the per-token estimator variant
-at `--variant-bits` (one backward pass per sampled token: the slowest run); last the other
-variants at `--variant-bits` (uniform quantizer, no bias correction, normalized rounds: the
-first two were measured by earlier calls). After every run the elapsed
+radio with the paper's `round_weighting="cumulative"` at `--cumulative-bits` (default none: the
+variant below covers it); the per-token estimator variant at `--variant-bits` (a few batched
+backward passes per sampled-token group: the slowest run); last the other variants at
+`--variant-bits` (uniform quantizer, no bias correction, cumulative rounds). After every run the elapsed
 time is printed. A run is not started when the longest earlier run of its kind would not fit in
 what is left, and a run still going when the budget runs out is stopped (SIGALRM); both are
 listed as skipped/stopped in the output and in run.json, never dropped silently, and the table,
@@ -185,9 +185,9 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=float, nargs="*", default=[2.5, 3.0, 3.25, 3.5, 4.0, 4.25])
     p.add_argument("--variant-bits", type=float, nargs="+", default=[3.25],
                    help="rates at which radio's variants are also run")
-    p.add_argument("--normalized-bits", type=float, nargs="*", default=[2.5],
-                   help="rates at which radio also runs with round_weighting='normalized' "
-                        "(before the other variants)")
+    p.add_argument("--cumulative-bits", type=float, nargs="*", default=[],
+                   help="rates at which radio also runs with the paper's "
+                        "round_weighting='cumulative' (before the variants)")
     p.add_argument("--distortions", type=float, nargs="*", default=DEFAULT_DISTORTIONS,
                    help="max_distortion targets for the distortion-mode check")
     p.add_argument("--match", choices=("needed", "gptq", "all", "none"), default="needed",
@@ -335,20 +335,20 @@ def main(argv=None) -> int:
                 continue
         attempt(budget, f"radio {bits:g}", "radio", lambda b=bits: run_radio(f"radio {b:g}", bits=b))
 
-    # What the earlier H100 calls already measured (uniform quantizer, bias correction off at
-    # 3.25 bpw) comes after what they did not: the max_distortion series, the per-token estimator
-    # and the round weighting (QuantConfig.round_weighting, the 2.5 bpw collapse).
+    # The variants after the max_distortion series; the per-token estimator (the slowest run)
+    # first, then the quantizer, bias correction and the paper's cumulative round weighting
+    # (QuantConfig.round_weighting; radio's default is "normalized").
     variants = {"uniform quantizer": dict(quantizer="uniform"),
                 "no bias correction": dict(bias_correction=False),
-                "normalized rounds": dict(round_weighting="normalized")}
+                "cumulative rounds": dict(round_weighting="cumulative")}
     slow_variants = {"per-token estimator": dict(estimator="per_token")}
     for d in args.distortions:
         attempt(budget, f"radio max_distortion={d:g}", "radio",
                 lambda d=d: run_radio(f"radio max_distortion={d:g}", max_distortion=d))
-    for bits in [] if args.skip_variants else args.normalized_bits:
-        attempt(budget, f"radio {bits:g} normalized rounds", "radio",
-                lambda b=bits: run_radio(f"radio {b:g} normalized rounds", bits=b,
-                                         round_weighting="normalized"))
+    for bits in [] if args.skip_variants else args.cumulative_bits:
+        attempt(budget, f"radio {bits:g} cumulative rounds", "radio",
+                lambda b=bits: run_radio(f"radio {b:g} cumulative rounds", bits=b,
+                                         round_weighting="cumulative"))
     for bits in [] if args.skip_variants else args.variant_bits:
         for name, overrides in slow_variants.items():
             attempt(budget, f"radio {bits:g} {name}", "radio per-token",

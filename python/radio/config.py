@@ -71,17 +71,16 @@ class QuantConfig:
             passes per micro-batch, ``sensitivity.per_token_batched``).
         micro_batch: sequences per forward/backward pass (None: chosen from memory).
         round_weighting: how the rounds' squared gradients add up (``radio.round_weighting``).
-            ``"cumulative"``: as measured, every sequence weighing the same (the paper's
-            cumulative mean). ``"normalized"``: each round's statistics scaled so that their
-            total over all layers equals round 1's, every round having the same say in the
-            relative sensitivities (the allocation is invariant to a global scale). From
+            ``"normalized"`` (default): each round's statistics scaled so that their total
+            over all layers equals round 1's, every round having the same say in the relative
+            sensitivities (the allocation is invariant to a global scale). ``"cumulative"``:
+            as measured, every sequence weighing the same (the paper's cumulative mean). From
             round 2 on the gradients are measured on the quantized model, and at low rates
-            their scale explodes in the early blocks (issue 5). SmolLM2-135M, CPU, 8 rounds x
-            2 x 256 tokens, 2.5 bpw: WikiText-2 ppl (4 x 256) 454 normalized vs 3316
-            cumulative (1 round: 247.5). H100, 16 rounds x 16 x 2048 tokens, whole WikiText-2
-            test: 2.5 bpw 255 normalized vs 9677, 3.0 bpw 56.9 vs 60.7 (bench/RESULTS.md). Use
-            ``"normalized"`` below ~3 bpw; 3.25-4.25 bpw are not measured with it yet, so the
-            default stays the paper's ``"cumulative"``.
+            their scale explodes in the early blocks (issue 5), which the cumulative mean
+            follows. SmolLM2-135M on an H100 (16 rounds x 16 x 2048 tokens, whole WikiText-2 /
+            SOTU 1990-2021 texts, bench/RESULTS.md, session 4), normalized vs cumulative:
+            2.5 bpw 229 / 154 vs 9380 / 1530; 3.0 bpw 56.6 / 45.9 vs 60.9 / 51.1; 3.25-4.25
+            bpw within +-1 ppl of each other (4.0: 26.3 / 25.6 vs 26.5 / 25.7).
 
     Calibration data
         calib_sequences: windows cut from calibration text (fixed-seed offsets).
@@ -121,7 +120,7 @@ class QuantConfig:
     pca_sequences: Optional[int] = None
     estimator: str = "random_sign"
     micro_batch: Optional[int] = None
-    round_weighting: str = "cumulative"
+    round_weighting: str = "normalized"
 
     calib_sequences: int = 128
     generate_sequences: int = 16

@@ -56,6 +56,7 @@ from .report import QuantReport
 
 __all__ = ["quantize", "find_decoder_blocks", "find_target_layers"]
 
+_STREAMED_BACKLOG_BYTES = 256 << 20  # streamed final round: indices waiting to be packed
 _OFFLOAD_BYTES = 1 << 30  # keep originals on the GPU only below this size (config: None)
 # Activation bytes autograd keeps per token, per (in + out) feature of the linear layers, in
 # units of the element size: measured 1.05 on SmolLM2-135M shapes (bf16, sdpa) on an H100.
@@ -592,8 +593,12 @@ class _Session:
         workers = min(8, os.cpu_count() or 1)
         pool = ThreadPoolExecutor(max_workers=workers) if final else None
         # Packing jobs not yet done hold their uint8 indices (1 byte per weight, half a 16-bit
-        # model if all piled up): at most 2 per worker wait, the GPU waits for the oldest.
+        # model if all piled up): at most 2 per worker wait, the GPU waits for the oldest. A
+        # streamed run, whose host memory is the bound, also keeps their indices within
+        # _STREAMED_BACKLOG_BYTES (Llama-2-13B shapes on the H100: the final round's host peak
+        # was 0.38 GiB above the calibration rounds' with 16 jobs of up to 70 MB waiting).
         unfinished = collections.deque()  # states whose packing job is in ``jobs``
+        backlog_bytes = {}  # state name -> bytes of its waiting indices
         packed: Dict[str, PackedLayer] = {}
 
         def settle(state: sensitivity.LayerState) -> None:
@@ -651,15 +656,20 @@ class _Session:
                             side = torch_quant.LayerQuantization(side.scale.cpu(),
                                                                  side.loc.cpu(), None, None)
                             bias = None if bias is None else bias.cpu()
-                        while len(unfinished) >= 2 * workers:
+                        while unfinished and (len(unfinished) >= 2 * workers or (
+                                self.streamed and sum(backlog_bytes.values()) + indices.numel()
+                                > _STREAMED_BACKLOG_BYTES)):
+                            backlog_bytes.pop(unfinished[0].name, None)
                             settle(unfinished.popleft())
                         future = pool.submit(layer.pack, indices, depth[i], state.rows_per_group)
                         unfinished.append(state)
+                        backlog_bytes[state.name] = indices.numel()
                         del indices
                         jobs[state.name] = (future, side, bias)
                 del weights, q
                 bar.update(len(batch))
             while unfinished:
+                backlog_bytes.pop(unfinished[0].name, None)
                 settle(unfinished.popleft())
             packed = {state.name: packed[state.name] for state in self.states if final}
         finally:
