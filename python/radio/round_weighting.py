@@ -6,7 +6,8 @@ squared gradient is 1400x round 1's, 98.7% of it in blocks 0-9 (issue 5). Summed
 (``"cumulative"``, the paper's cumulative mean: every sequence weighs the same), such a round
 drowns the others and the late blocks look insensitive.
 
-``"normalized"`` scales every round's statistics (the per-group and per-row sums of squared
+``"normalized"`` (the default since the H100 comparison at six rates, docs/design.md) scales
+every round's statistics (the per-group and per-row sums of squared
 gradients, not the input means) so that their total over all layers equals round 1's: every
 round has the same say in the RELATIVE sensitivities. The allocation only compares sensitivities
 (``radio._core.allocate`` takes a prefix of the increments sorted by ``coef / weight``; a
