@@ -597,8 +597,8 @@ class _Session:
         # streamed run, whose host memory is the bound, also keeps their indices within
         # _STREAMED_BACKLOG_BYTES (Llama-2-13B shapes on the H100: the final round's host peak
         # was 0.38 GiB above the calibration rounds' with 16 jobs of up to 70 MB waiting).
-        unfinished = collections.deque()  # states whose packing job is in ``jobs``
-        backlog_bytes = {}  # state name -> bytes of its waiting indices
+        unfinished = collections.deque()  # (state, bytes of its indices): jobs in ``jobs``
+        waiting_bytes = 0  # their indices, summed
         packed: Dict[str, PackedLayer] = {}
 
         def settle(state: sensitivity.LayerState) -> None:
@@ -657,20 +657,20 @@ class _Session:
                                                                  side.loc.cpu(), None, None)
                             bias = None if bias is None else bias.cpu()
                         while unfinished and (len(unfinished) >= 2 * workers or (
-                                self.streamed and sum(backlog_bytes.values()) + indices.numel()
+                                self.streamed and waiting_bytes + indices.numel()
                                 > _STREAMED_BACKLOG_BYTES)):
-                            backlog_bytes.pop(unfinished[0].name, None)
-                            settle(unfinished.popleft())
+                            done, nbytes = unfinished.popleft()
+                            waiting_bytes -= nbytes
+                            settle(done)
                         future = pool.submit(layer.pack, indices, depth[i], state.rows_per_group)
-                        unfinished.append(state)
-                        backlog_bytes[state.name] = indices.numel()
+                        unfinished.append((state, indices.numel()))
+                        waiting_bytes += indices.numel()
                         del indices
                         jobs[state.name] = (future, side, bias)
                 del weights, q
                 bar.update(len(batch))
             while unfinished:
-                backlog_bytes.pop(unfinished[0].name, None)
-                settle(unfinished.popleft())
+                settle(unfinished.popleft()[0])
             packed = {state.name: packed[state.name] for state in self.states if final}
         finally:
             bar.close()
