@@ -193,13 +193,17 @@ def test_per_copy_chunks_give_the_same_sums():
 
 # -- non-causal models ----------------------------------------------------------------------
 
-class Bidirectional(nn.Module):
-    """Every output sees every token (a mean over the sequence): truncation would be wrong."""
+class TwoLayerToy(nn.Module):
+    """An embedding and one up/down pair of linear layers; subclasses mix the tokens."""
 
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, 32)
         self.layers = nn.ModuleList([nn.ModuleList([nn.Linear(32, 48), nn.Linear(48, 32)])])
+
+
+class Bidirectional(TwoLayerToy):
+    """Every output sees every token (a mean over the sequence): truncation would be wrong."""
 
     def forward(self, tokens):
         h = self.embed(tokens)
@@ -229,14 +233,9 @@ def test_non_causal_model_runs_full_length_copies():
     assert relative_error(truncated, reference, "g2_sum") > 0.01  # why the check exists
 
 
-class Flattening(nn.Module):
+class Flattening(TwoLayerToy):
     """Causal (token-wise), but one layer sees the tokens of all sequences as rows of one
     matrix, as a mixture-of-experts expert does: its gradient cannot be split per copy."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, 32)
-        self.layers = nn.ModuleList([nn.ModuleList([nn.Linear(32, 48), nn.Linear(48, 32)])])
 
     def forward(self, tokens):
         h = self.embed(tokens)
