@@ -103,55 +103,44 @@ std::string prepare_xt(P& p, std::uintptr_t x, int m, int k, std::uintptr_t work
                     "transpose_x launch");
 }
 
+// The gemv and qmma launches for one activation type: x staged (transposed) first, then the
+// kernel; qmma's table in its mma type (f16 for f32 activations).
+template <typename Act>
+std::string launch_gemv_as(GemvParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
+                           std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
+  return cuda_error(launch_gemv<Act>(p, c, s), "gemv launch");
+}
+
+template <typename Act>
+std::string launch_qmma_as(QmmaParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
+                           std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  fill_table16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer), p.table);
+  if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
+  return cuda_error(launch_qmma<Act>(p, c, s), "qmma launch");
+}
+
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
   GemvParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
-  cudaError_t err;
-  std::string xt_err;
   switch (static_cast<DType>(dtype)) {
-    case DType::kHalf:
-      if (!(xt_err = prepare_xt<__half>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
-      err = launch_gemv<__half>(p, c, s);
-      break;
-    case DType::kBFloat16:
-      if (!(xt_err = prepare_xt<__nv_bfloat16>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
-      err = launch_gemv<__nv_bfloat16>(p, c, s);
-      break;
-    default:
-      if (!(xt_err = prepare_xt<float>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
-      err = launch_gemv<float>(p, c, s);
-      break;
+    case DType::kHalf: return launch_gemv_as<__half>(p, x, m, layer, workspace, c, s);
+    case DType::kBFloat16: return launch_gemv_as<__nv_bfloat16>(p, x, m, layer, workspace, c, s);
+    default: return launch_gemv_as<float>(p, x, m, layer, workspace, c, s);
   }
-  return cuda_error(err, "gemv launch");
 }
 
 std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
   QmmaParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
-  const Quant q = static_cast<Quant>(layer.quantizer);
-  cudaError_t err;
-  std::string xt_err;
   switch (static_cast<DType>(dtype)) {
-    case DType::kHalf:
-      fill_table16<__half>(q, p.table);
-      if (!(xt_err = prepare_xt<__half>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
-      err = launch_qmma<__half>(p, c, s);
-      break;
-    case DType::kBFloat16:
-      fill_table16<__nv_bfloat16>(q, p.table);
-      if (!(xt_err = prepare_xt<__nv_bfloat16>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
-      err = launch_qmma<__nv_bfloat16>(p, c, s);
-      break;
-    default:
-      fill_table16<__half>(q, p.table);
-      if (!(xt_err = prepare_xt<float>(p, x, m, layer.k, workspace, c, s)).empty()) return xt_err;
-      err = launch_qmma<float>(p, c, s);
-      break;
+    case DType::kHalf: return launch_qmma_as<__half>(p, x, m, layer, workspace, c, s);
+    case DType::kBFloat16: return launch_qmma_as<__nv_bfloat16>(p, x, m, layer, workspace, c, s);
+    default: return launch_qmma_as<float>(p, x, m, layer, workspace, c, s);
   }
-  return cuda_error(err, "qmma launch");
 }
 
 }  // namespace
