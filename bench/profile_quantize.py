@@ -6,7 +6,9 @@ torch.profiler, and prints the operators with the most self CUDA time and the wa
 Used to decide what to speed up in the quality benchmark (bench/bench_quality.py), which must
 fit one 10-minute GPU call. Needs a GPU and the SmolLM2 GGUF (radio.models.load_smollm2).
 
-    python3 bench/profile_quantize.py [--rounds 2] [--windows 32] [--estimator random_sign]
+    python3 bench/profile_quantize.py [--rounds 2] [--windows 32] [--estimator random_sign] [--gptq]
+
+``--gptq`` also profiles one GPTQ run (4-bit, g128) on the benchmark's calibration windows.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import radio  # noqa: E402
+from radio import baselines  # noqa: E402
 from bench_quality import calibration_windows  # noqa: E402
 from radio.data import wikitext2_test  # noqa: E402
 from radio.eval import perplexity, tokenize  # noqa: E402
@@ -41,6 +44,7 @@ def main() -> None:
     p.add_argument("--estimator", default="random_sign")
     p.add_argument("--windows", type=int, default=32)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--gptq", action="store_true", help="also profile GPTQ 4-bit g128")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_quantize.py needs a GPU")
@@ -63,6 +67,23 @@ def main() -> None:
           f"{time.perf_counter() - t:.2f} s under the profiler; phases (s): "
           + ", ".join(f"{k} {v:.2f}" for k, v in model.radio_report.seconds.items()))
     show(prof, "radio.quantize", args.rows)
+
+    if args.gptq:
+        model = copy.deepcopy(reference)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            baselines.quantize_gptq(model, calib, bits=4, group_size=128)
+            torch.cuda.synchronize()
+        print(f"GPTQ 4-bit g128: {time.perf_counter() - t:.2f} s under the profiler")
+        show(prof, "GPTQ", args.rows)
+        model = copy.deepcopy(reference)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        baselines.quantize_gptq(model, calib, bits=4, group_size=128)
+        torch.cuda.synchronize()
+        print(f"GPTQ 4-bit g128: {time.perf_counter() - t:.2f} s without the profiler")
+        del model
 
     ids = tokenize(wikitext2_test(), tokenizer)
     perplexity(reference, ids, ctx=2048, max_windows=4, batch_size=16, progress=False)

@@ -3,7 +3,7 @@
 # the SmolLM2 GGUF (98 MB) is larger than one call may carry:
 #   bash bench/run_gpu_model.sh stage1   # carry .model/p1 (first half) and .deps: stash it, build radio
 #   bash bench/run_gpu_model.sh stage2   # carry .model/p2 (second half, gguf wheel, data): run everything
-#     env: SKIP_QUANTIZE=1, QUALITY_TIMEOUT, QUALITY_ARGS (bench_quality), PROFILE=1 (+PROFILE_ARGS)
+#     env: SKIP_QUANTIZE=1, SKIP_QUALITY=1, QUALITY_TIMEOUT, QUALITY_ARGS (bench_quality), PROFILE=1 (+PROFILE_ARGS)
 #   bash bench/run_gpu_model.sh llama7b  # carry .deps: Llama-2-7B shapes, random weights (no model file)
 #   bash bench/run_gpu_model.sh offload13b  # carry .deps: Llama-2-13B shapes with offload=True
 # .model/ is ignored by git; see bench/RESULTS.md for what these runs measured.
@@ -49,6 +49,7 @@ stage2)
     step "profile: radio.quantize and perplexity under torch.profiler"
     timeout "${PROFILE_TIMEOUT:-200}" python3 bench/profile_quantize.py ${PROFILE_ARGS:-} 2>&1 | no_bars | tee "$OUT/profile.txt" | tail -80
   fi
+  [ -n "${SKIP_QUALITY:-}" ] && exit 0
   step "quality: radio vs RTN and GPTQ"
   timeout "${QUALITY_TIMEOUT:-330}" python3 bench/bench_quality.py --out "$OUT/quality" ${QUALITY_ARGS:-} 2>&1 | no_bars | tail -60
   ;;
