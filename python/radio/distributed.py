@@ -29,13 +29,13 @@ For the same answer at every scale, the micro-batches must be the same: set
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "barrier", "comm_device",
            "all_reduce_sum", "all_reduce_states", "broadcast_object", "broadcast_tensors",
-           "my_indices"]
+           "my_indices", "my_indices_of", "lockstep_indices", "gather_rows"]
 
 
 def _dist():
@@ -76,7 +76,47 @@ def comm_device(fallback: torch.device) -> torch.device:
 
 def my_indices(count: int) -> List[int]:
     """The positions ``0..count-1`` this rank handles: ``i % world == rank``."""
-    return list(range(rank(), count, world_size()))
+    return my_indices_of(rank(), count)
+
+
+def my_indices_of(which: int, count: int) -> List[int]:
+    """The positions ``0..count-1`` rank ``which`` handles."""
+    return list(range(which, count, world_size()))
+
+
+def lockstep_indices(count: int) -> List[int]:
+    """``my_indices(count)`` padded with ``-1`` (a pass whose results are not used) to the
+    length of rank 0's: every rank then runs the same number of passes, as FSDP's sharded
+    weights need (their all-gathers are collectives)."""
+    mine = my_indices(count)
+    steps = -(-count // world_size())
+    return mine + [-1] * (steps - len(mine))
+
+
+def gather_rows(local: torch.Tensor, rows: int,
+                device: Optional[torch.device] = None) -> torch.Tensor:
+    """The whole tensor of ``rows`` rows from every rank's block of rows, FSDP's dim-0
+    sharding: rank ``r`` holds rows ``[r c, min((r + 1) c, rows))``, ``c = ceil(rows /
+    world)`` (the last ranks may hold fewer or none). A collective: every rank calls it, in
+    the same order. Returned on ``device`` (default: ``local``'s; collectives run on
+    ``comm_device``); without a process group, ``local`` itself (which must be whole)."""
+    device = local.device if device is None else torch.device(device)
+    if not is_distributed():
+        if local.shape[0] != rows:
+            raise ValueError(f"gather_rows: one process holds {local.shape[0]} of {rows} rows; "
+                             "expected all of them")
+        return local.to(device)
+    world, per = world_size(), -(-rows // world_size())
+    expected = max(0, min(per, rows - rank() * per))
+    if local.shape[0] != expected:
+        raise ValueError(f"gather_rows: rank {rank()} holds {local.shape[0]} rows of {rows}; "
+                         f"expected {expected} (rows split in blocks of {per} over {world} ranks)")
+    comm = comm_device(device)
+    padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=comm)
+    padded[:expected].copy_(local)
+    out = torch.empty((world * per, *local.shape[1:]), dtype=local.dtype, device=comm)
+    _dist().all_gather(list(out.chunk(world)), padded)
+    return out[:rows].to(device)
 
 
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:

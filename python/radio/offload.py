@@ -219,17 +219,22 @@ class StreamedModel:
         self.device = device
         self.pinning = pinning if pinning is not None else default_pinning(device)
         self._created_dir: Optional[str] = None
-        self._own_groups: List = []
         self.units: List[nn.Module] = []
         # (module, name, the model's own parameter) of every parameter FSDP will replace
         self._params: List[Tuple[nn.Module, str, nn.Parameter]] = []
         self._buffers: List[Tuple[torch.Tensor, torch.device]] = []
+        # The model's own parameters whose host memory is freed while FSDP holds their copy:
+        # (own parameter, its storage's bytes, FSDP's local shard), refilled by ``close``.
+        self._freed: List[Tuple[nn.Parameter, int, torch.Tensor]] = []
+        self.world = 1  # ranks the weights are sharded over (one mesh over the default group)
         try:
             group = self._process_group(device)
+            self.world = torch.distributed.get_world_size(group)
             from torch.distributed.device_mesh import DeviceMesh
             mesh = DeviceMesh.from_group(group, device.type)
             root_modules = set(map(id, root.modules()))
             outside = [p for p in probes if id(p) not in root_modules]  # the LM head's probe
+            freeable = _unshared_parameters(model)
             self._take_parameters(list(root.modules()) + outside, probes)
             # Pageable host copies of exact size, page-locked in place below (module docstring:
             # FSDP's own pinning rounds every tensor up to a power of two).
@@ -250,12 +255,15 @@ class StreamedModel:
             # default).
             for current, following in zip(blocks, list(blocks)[1:]):
                 current.set_modules_to_forward_prefetch([following])
+            self._free_own_copies(freeable)
         except BaseException:
             self.close()
             raise
 
     # -- setup ------------------------------------------------------------------------------------
     def _process_group(self, device: torch.device):
+        """The default group (created here, 1 rank, when there is none): FSDP shards every
+        streamed parameter's rows over all its ranks."""
         dist = torch.distributed
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
@@ -263,13 +271,12 @@ class StreamedModel:
             dist.init_process_group(backend, rank=0, world_size=1, init_method="file://" +
                                     os.path.join(self._created_dir, "store"))
             return dist.group.WORLD
-        if dist.get_world_size() == 1:
-            return dist.group.WORLD
-        # Every rank must create every group, in the same order; each keeps its own.
-        groups = [dist.new_group([r], backend=backend) for r in range(dist.get_world_size())]
-        mine = groups[dist.get_rank()]
-        self._own_groups = [mine]
-        return mine
+        have = str(dist.get_backend()).lower()
+        if dist.get_world_size() > 1 and backend not in have:
+            raise ValueError(f"offload on {device} shards the weights over the default process "
+                             f"group, whose backend is {have!r}; expected {backend!r} (NCCL "
+                             "for CUDA devices, gloo for the CPU test device)")
+        return dist.group.WORLD
 
     def _take_parameters(self, modules: Sequence[nn.Module], probes: Sequence[nn.Module]) -> None:
         """Give FSDP stand-in parameter objects sharing the model's storage: FSDP moves what it
@@ -296,15 +303,46 @@ class StreamedModel:
                 self._params.append((module, name, p))
                 module._parameters[name] = fresh[id(p)]
 
+    def _free_own_copies(self, freeable: Dict[int, int]) -> None:
+        """Free the host memory of the model's own copy of every parameter FSDP now holds a
+        copy of (the embeddings, norms: the quantized layers' own copies are let go by the
+        caller), so that the host holds each once; ``close`` puts the values back. Only
+        storages that are the parameter's alone and resizable (``freeable``: storage pointer
+        -> bytes, from ``_unshared_parameters``) and of at least 1 MiB."""
+        seen = set()
+        for module, name, own in self._params:
+            ptr = own.untyped_storage().data_ptr()
+            if id(own) in seen or freeable.get(ptr, 0) < (1 << 20):
+                continue
+            seen.add(id(own))
+            local = self.local_weight(module._parameters[name])
+            if local.untyped_storage().data_ptr() == ptr:
+                continue  # (FSDP copies; were it to alias, there is nothing to free)
+            self._freed.append((own, freeable[ptr], local))
+            own.untyped_storage().resize_(0)
+
+    def _refill_own_copies(self) -> None:
+        """Put the values of the parameters freed by ``_free_own_copies`` back into the model's
+        own storage (FSDP's row shards gathered from every rank: a collective)."""
+        from . import distributed
+        while self._freed:
+            own, nbytes, local = self._freed.pop(0)
+            full = distributed.gather_rows(local, own.shape[0]) if own.dim() else local
+            own.untyped_storage().resize_(nbytes)
+            with torch.no_grad():
+                own.copy_(full.reshape(own.shape))
+            del full, local
+
     # -- during the run ---------------------------------------------------------------------------
     @staticmethod
     def local_weight(param: torch.Tensor) -> torch.Tensor:
-        """The host storage FSDP streams a parameter from (its local shard: the whole tensor
-        with one rank per group), to be overwritten in place."""
+        """The host storage FSDP streams a parameter from, to be read or overwritten in place:
+        its local row shard (rows ``[r c, (r + 1) c)`` of rank ``r``, ``c = ceil(rows /
+        world)``, possibly fewer or none at the last ranks; the whole tensor with one rank)."""
         local = param.to_local() if hasattr(param, "to_local") else param
-        if tuple(local.shape) != tuple(param.shape):
-            raise RuntimeError(f"offload: the local shard {tuple(local.shape)} is not the whole "
-                               f"parameter {tuple(param.shape)}; expected one rank per group")
+        if tuple(local.shape[1:]) != tuple(param.shape[1:]) or local.shape[:1] > param.shape[:1]:
+            raise RuntimeError(f"offload: the local shard {tuple(local.shape)} is not a block of "
+                               f"rows of the parameter {tuple(param.shape)}")
         return local
 
     def free_host_storage(self, tensor: torch.Tensor) -> None:
@@ -339,6 +377,7 @@ class StreamedModel:
                                   if not issubclass(b, self._fsdp_module))
             _forget_composable_state(unit)
         self.units = []
+        self._refill_own_copies()
         for module, name, p in self._params:
             module._parameters[name] = p
         self._params = []
@@ -352,14 +391,33 @@ class StreamedModel:
             self.pinning.release()
         gc.collect()  # FSDP's state and modules refer to each other: free the pinned copies now
         dist = torch.distributed
-        for group in self._own_groups:
-            dist.destroy_process_group(group)
-        self._own_groups = []
         if self._created_dir is not None:
             if dist.is_initialized():
                 dist.destroy_process_group()
             shutil.rmtree(self._created_dir, ignore_errors=True)
             self._created_dir = None
+
+
+def _unshared_parameters(model: nn.Module) -> Dict[int, int]:
+    """Storage pointer -> bytes of every parameter storage of ``model`` that one parameter
+    slot alone refers to (no tied weight, no view of another tensor, no buffer), that covers
+    exactly its parameter and that can be resized: those the model's copy can be freed of."""
+    slots: Dict[int, int] = {}
+    owners: Dict[int, torch.Tensor] = {}
+    for _, t in [*model.named_parameters(remove_duplicate=False),
+                 *model.named_buffers(remove_duplicate=False)]:
+        ptr = t.untyped_storage().data_ptr()
+        slots[ptr] = slots.get(ptr, 0) + 1
+        owners[ptr] = t
+    out = {}
+    for ptr, count in slots.items():
+        t = owners[ptr]
+        storage = t.untyped_storage()
+        if (count == 1 and isinstance(t, nn.Parameter) and t.device.type == "cpu"
+                and storage.resizable() and t.storage_offset() == 0 and t.is_contiguous()
+                and storage.nbytes() == t.numel() * t.element_size()):
+            out[ptr] = storage.nbytes()
+    return out
 
 
 def _forget_composable_state(module: nn.Module) -> None:

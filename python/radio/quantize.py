@@ -56,7 +56,11 @@ from .report import QuantReport
 
 __all__ = ["quantize", "find_decoder_blocks", "find_target_layers"]
 
-_STREAMED_BACKLOG_BYTES = 256 << 20  # streamed final round: indices waiting to be packed
+# Streamed final round: uint8 indices waiting to be packed. 64 MiB: at Llama-2-13B shapes two
+# attention layers (25 MiB) or one MLP layer (67.5 MiB) wait while the GPU quantizes the
+# next batch; packing the largest takes ~60 ms on one CPU core. (256 MiB cost 0.19 GiB more
+# of the 13B run's host peak.)
+_STREAMED_BACKLOG_BYTES = 64 << 20
 _OFFLOAD_BYTES = 1 << 30  # keep originals on the GPU only below this size (config: None)
 # Activation bytes autograd keeps per token, per (in + out) feature of the linear layers, in
 # units of the element size: measured 1.05 on SmolLM2-135M shapes (bf16, sdpa) on an H100.
@@ -286,6 +290,9 @@ class _Session:
         self._installed = False
         self._copy_stream = None
         self.streamed = False
+        # Streamed over several ranks: each holds a block of rows of every original (FSDP's
+        # sharding), gathered whole one layer at a time where a layer is read (``full_original``).
+        self.sharded = False
         # Streamed runs: frees a layer's host original once its packed layer has replaced it
         # (set by ``stream``), and the layers replaced so, in order (``swapped``).
         self._release_original: Optional[Callable[[sensitivity.LayerState], None]] = None
@@ -385,6 +392,7 @@ class _Session:
         stream = streaming.StreamedModel(self.model, root, blocks,
                                          [self.probes[s.name] for s in self.states],
                                          self.device, on_wrapped=adopt)
+        self.sharded = stream.world > 1
 
         def release(state: sensitivity.LayerState) -> None:
             # FSDP's host storage of this original (no copy reads it any more: the final round
@@ -421,7 +429,10 @@ class _Session:
                 if state.name in swapped:  # quantized for good: its original is freed
                     continue
                 module = state.module
-                if state.weight.data_ptr() == module.weight.data_ptr():
+                if self.sharded:  # this rank holds a block of rows: the others send theirs
+                    module.weight.data = distributed.gather_rows(
+                        state.original, state.out_features, torch.device("cpu"))
+                elif state.weight.data_ptr() == module.weight.data_ptr():
                     module.weight.data.copy_(state.original.to(module.weight.device))
                 _set_submodule(self.model, state.name, module)
         self._finish_model()
@@ -441,9 +452,15 @@ class _Session:
         bar = tqdm(total=count, desc="radio: output covariance", unit="seq",
                    disable=not self.progress, leave=False)
         mine = distributed.my_indices(count)  # all of them in a single process
-        for start in range(0, len(mine), micro_batch):
-            tokens = calib.tokens[mine[start:start + micro_batch]].to(self.device)
+        steps = -(-len(mine) // micro_batch)
+        if self.sharded:  # the same number of forward passes on every rank (FSDP collectives)
+            steps = -(-len(distributed.my_indices_of(0, count)) // micro_batch)
+        for step in range(steps):
+            chunk = mine[step * micro_batch:(step + 1) * micro_batch]
+            tokens = calib.tokens[chunk or [0]].to(self.device)
             h = output_fn(tokens)
+            if not chunk:
+                continue  # a lockstep pass: its outputs are not added
             if cov is None:
                 cov = sensitivity.OutputCovariance(h.shape[-1], h.device)
             cov.add(h)
@@ -461,22 +478,29 @@ class _Session:
         if self.head_name is None:
             return sensitivity.principal_directions(covariance, cfg.pca_components)
         head_state = next(s for s in self.states if s.name == self.head_name)
-        w0 = head_state.original.to(self.device, torch.float32)
+        w0 = self.full_original(head_state).to(self.device, torch.float32)
         hidden_side = sensitivity.logit_directions(covariance, w0, cfg.pca_components)
         return (hidden_side.to(self.device) @ w0.t()).contiguous()  # [k, V]: unit vectors u_k
 
     # -- one round ------------------------------------------------------------------------------
     def backprop(self, tokens: torch.Tensor, directions: torch.Tensor, positions, output_fn,
-                 generator: torch.Generator, signs: Optional[torch.Tensor] = None) -> None:
+                 generator: torch.Generator, signs: Optional[torch.Tensor] = None,
+                 record: bool = True) -> None:
+        """The statistics of one micro-batch. ``record=False``: the same passes (a sharded
+        streamed run's ranks must all run as many), adding nothing; give ``signs`` then, so
+        that the shared generator is not drawn from."""
         if self.config.estimator == "per_token" and self.causal is None:
             self.causal = _is_causal(output_fn, tokens)
             if not self.causal:
                 warnings.warn("per_token: the model's outputs depend on later tokens (not a "
                               "causal LM?): every sampled token's copy runs at full length, "
                               "about twice the work", stacklevel=2)
-        for state in self.states:
-            state.collect = True
-        self.clock.step += 1
+        if record:
+            for state in self.states:
+                state.collect = True
+            self.clock.step += 1
+        elif signs is None and self.config.estimator == "random_sign":
+            raise ValueError("backprop(record=False) needs the random signs (signs=)")
         head = self.probes[self.head_name] if self.head_name is not None else None
         try:
             with torch.enable_grad():
@@ -486,7 +510,8 @@ class _Session:
         finally:
             for state in self.states:
                 state.collect = False
-                state.passes += tokens.shape[0]
+                if record:
+                    state.passes += tokens.shape[0]
 
     # -- per-round work, batched over layers of one shape -----------------------------------
     def layer_batches(self, max_elements: int = 1 << 26) -> List[List[sensitivity.LayerState]]:
@@ -517,6 +542,9 @@ class _Session:
         """Yield ``(batch, float32 [L, N, K] original weights on the device)``. Offloaded
         originals come from pinned memory on a side stream, the next batch's copy overlapping
         this batch's work."""
+        if self.sharded:
+            yield from self._gathered_originals(batches)
+            return
         offloaded = self.states[0].original.device != self.device
         stream = None
         if offloaded and self.device.type == "cuda":
@@ -540,6 +568,23 @@ class _Session:
             for j, part in enumerate(parts):
                 stacked[j].copy_(part)
             del parts
+            yield batch, stacked
+
+    def full_original(self, state: sensitivity.LayerState) -> torch.Tensor:
+        """The layer's whole original weight: gathered from every rank's rows when sharded (a
+        collective: every rank asks for the same layers in the same order), on the device."""
+        if self.sharded:
+            return distributed.gather_rows(state.original, state.out_features, self.device)
+        return state.original
+
+    def _gathered_originals(self, batches):
+        """``originals`` of a sharded run: each layer gathered whole, one at a time, into
+        the batch's float32 stack (no side stream: the gathers are collectives)."""
+        for batch in batches:
+            n, k = batch[0].out_features, batch[0].in_features
+            stacked = torch.empty(len(batch), n, k, dtype=torch.float32, device=self.device)
+            for j, state in enumerate(batch):
+                stacked[j].copy_(self.full_original(state))
             yield batch, stacked
 
     def plan(self, target: dict, batches) -> Tuple[layer.Allocation, float]:
@@ -962,6 +1007,9 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                                          resident_bytes=_streamed_resident_bytes(root, blocks))
         ckpt_blocks, micro = _plan_streamed_memory(config, targets, blocks, seq_len, device,
                                                    dtype, budget_gb)
+        # Rank 0's plan everywhere (the GPUs' free memory may differ): the same micro-batches,
+        # and the same passes on every rank.
+        ckpt_blocks, micro = distributed.broadcast_object((ckpt_blocks, micro))
         offload_originals = True
     else:
         budget_gb = activation_budget_gb(config, model, device)
@@ -1032,14 +1080,20 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
             weighting.begin_round(session.states)
             distributed.clear_local_statistics(session.states)
             done = 0
-            for m in distributed.my_indices(len(micro_batches)):  # micro-batch m: rank m % world
-                chunk = micro_batches[m]
+            # Micro-batch m: rank m % world. Sharded weights: every rank runs as many passes
+            # (m = -1: micro-batch 0's passes again, adding nothing).
+            mine = (distributed.lockstep_indices(len(micro_batches)) if session.sharded
+                    else distributed.my_indices(len(micro_batches)))
+            for m in mine:
+                chunk = micro_batches[max(m, 0)]
                 ids = [(seq_counter + j) % len(calib_set) for j in chunk]
                 dirs = directions[[(seq_counter + j) % n_dir for j in chunk]]
                 session.backprop(calib_set.tokens[ids].to(device), dirs, positions, output_fn,
-                                 generator, None if round_signs is None else round_signs[chunk])
-                bar.update(len(chunk))
-                done += len(chunk)
+                                 generator, None if round_signs is None else round_signs[chunk],
+                                 record=m >= 0)
+                if m >= 0:
+                    bar.update(len(chunk))
+                    done += len(chunk)
             distributed.all_reduce_states(session.states)
             mass = weighting.end_round(session.states)  # after the all-reduce: alike on all ranks
             bar.update(per_round - done)

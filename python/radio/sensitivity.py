@@ -73,13 +73,15 @@ class LayerState:
     # working weight on the device (the last round's quantization); None: compute with it as is.
     recipe: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
+    # The layer's whole shape, from the per-row and per-column statistics: a sharded streamed
+    # run's ``weight`` / ``original`` hold this rank's block of rows only (radio.offload).
     @property
     def out_features(self) -> int:
-        return self.weight.shape[0]
+        return self.row_log2_var.shape[0]
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return self.x_sum.shape[0]
 
     @property
     def chunks(self) -> int:

@@ -559,3 +559,40 @@ def test_offload_under_an_existing_process_group_matches_one_process(tmp_path):
     torch.testing.assert_close(ranks[0]["logits"], logits(single), rtol=RTOL, atol=ATOL)
     for key, value in ranks[0].items():
         assert torch.equal(ranks[1][key], value), key
+
+
+def test_streamed_run_frees_the_model_own_copy_of_the_embedding(monkeypatch):
+    """FSDP copies the root's parameters; the model's own copy of each (at least 1 MiB, not
+    shared) is freed while streamed (host memory holds the embedding once, not twice) and
+    refilled at the end, after a success and after a failure."""
+    vocab = 4096  # 4096 x 64 float32: 1 MiB
+    model = tiny_llama()
+    model.resize_token_embeddings(vocab)  # untied: the LM head keeps its own weight
+    own = model.model.embed_tokens.weight
+    value = own.detach().clone()
+    seen = []
+    backprop = quantize_module._Session.backprop
+
+    def check(self, *args, **kwargs):
+        seen.append(own.untyped_storage().nbytes())
+        return backprop(self, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_module._Session, "backprop", check)
+    calib = torch.randint(0, vocab, (6, 16), generator=torch.Generator().manual_seed(1))
+    quantize(model, bits=4.0, calib=calib, config=config(), verbose=False, offload="cpu")
+    assert seen and set(seen) == {0}, seen
+    assert model.model.embed_tokens.weight is own and torch.equal(own, value)
+    assert own.untyped_storage().nbytes() == vocab * 64 * 4
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected failure in plan")
+
+    model = tiny_llama()
+    model.resize_token_embeddings(vocab)
+    own, seen[:] = model.model.embed_tokens.weight, []
+    value = own.detach().clone()
+    monkeypatch.setattr(quantize_module._Session, "plan", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        quantize(model, bits=4.0, calib=calib, config=config(), verbose=False, offload="cpu")
+    assert seen and set(seen) == {0}, seen
+    assert model.model.embed_tokens.weight is own and torch.equal(own, value)
