@@ -5,6 +5,9 @@
     python3 bench/bench_quantize.py tiny --rounds 2    # a smoke run that works on a CPU
     python3 bench/bench_quantize.py llama2-13b-shapes --offload --rounds 2   # bigger than 24 GB:
         # weights in host memory, streamed to the GPU block by block (radio.quantize offload=True)
+    torchrun --nproc_per_node 2 bench/bench_quantize.py llama-0.1g-shapes --offload --rounds 2 \
+        --seq-len 16 --sequences 4   # the weights sharded over 2 ranks (gloo on CPUs, NCCL on
+        # GPUs: one GPU per rank); every rank prints its own figures (host RSS per phase)
 
 The weights' values do not change the time (the work per round is the same for any values), so
 the shaped models are built from their configuration with random weights, in fp16: on the GPU,
@@ -23,6 +26,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import resource
 import sys
 import time
@@ -47,6 +51,10 @@ SHAPES = {
     # ~0.9 GiB in fp16: the host-memory phases of an offloaded run, measurable on a CPU
     "llama-1g-shapes": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=32,
                             num_attention_heads=16, num_key_value_heads=16),
+    # ~0.11 GiB in fp16, a Llama-2 vocabulary (the embedding and the LM head are 0.055 of it):
+    # host memory per phase and per rank of an offloaded run in a minute on a CPU
+    "llama-0.1g-shapes": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                              num_attention_heads=8, num_key_value_heads=8),
 }
 MODELS = ["smollm2", *SHAPES, "tiny"]
 
@@ -159,6 +167,12 @@ def main(argv=None) -> int:
     if args.offload and args.model == "smollm2":
         p.error("--offload is for the random-weight models (shaped or tiny)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: one process group, one GPU per rank
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
     phases = HostMemoryPhases()
     host_memory.reset_peak_rss()
     t0 = time.perf_counter()
@@ -204,15 +218,24 @@ def main(argv=None) -> int:
         "peak_gpu_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device == "cuda"
                                   else None),
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "host_rss_gib": phases.figures,
+        "host_rss_gib": phases.figures, "rank": rank, "world": world,
     }
     # The phases on one line (a run's log keeps only its tail); the --json file has them all.
-    print(json.dumps({k: v for k, v in figures.items() if k != "host_rss_gib"}, indent=1))
-    print("host_rss_gib (phase: [peak, after]):", json.dumps(
-        {k: [v["peak"], v["after"]] for k, v in phases.figures.items()}, separators=(",", ":")))
+    if rank == 0:
+        print(json.dumps({k: v for k, v in figures.items() if k != "host_rss_gib"}, indent=1))
+    for r in range(world):  # every rank's host memory, in rank order
+        if world > 1:
+            torch.distributed.barrier()
+        if r == rank:
+            print(f"rank {rank}/{world} host_rss_gib (phase: [peak, after]):", json.dumps(
+                {k: [v["peak"], v["after"]] for k, v in phases.figures.items()},
+                separators=(",", ":")), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
+        path = args.json if world == 1 else f"{args.json}.rank{rank}"
+        with open(path, "w") as f:
             json.dump(figures, f, indent=1)
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 

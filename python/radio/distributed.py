@@ -24,8 +24,10 @@ Use (``torchrun --nproc_per_node 4 job.py``; gloo on CPUs, NCCL on GPUs)::
 
 For the same answer at every scale, the micro-batches must be the same: set
 ``QuantConfig.micro_batch`` (otherwise it follows each device's memory). The calibration data
-(incl. self-generated sequences) is prepared on every rank alike; the weights are not sharded
-(each rank holds the whole model).
+(incl. self-generated sequences) is prepared on every rank alike. Without offload each rank holds
+the whole model; with ``offload=`` (``radio.offload``) FSDP shards the weights' rows across the
+ranks, every rank runs as many passes (``lockstep_indices``: FSDP's all-gathers are collectives)
+and whole originals are gathered one layer at a time (``gather_rows``).
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ here schedules copies by hand.
 The layer probes (``sensitivity.LayerProbe``) own the layer's ORIGINAL weight as a parameter, so
 that FSDP manages (streams) it, and compute the working (quantized) weight from it on the device
 (``LayerState.recipe``, set by each round's ``requantize``). The session's originals are FSDP's
-host storage (``local_weight``: at one rank per group the local shard is the whole
-tensor); ``on_wrapped`` lets the caller drop the model's own copy unit by unit.
+host storage (``local_weight``: the whole tensor with one rank, this rank's block of rows
+with several); ``on_wrapped`` lets the caller drop the model's own copy unit by unit.
 
 Pinning: FSDP's own ``pin_memory=True`` takes its pinned copies from PyTorch's caching host
 allocator, which rounds every request up to a power of two (torch 2.15 by default: a 135 MiB
@@ -27,20 +27,25 @@ holds each weight once, at its size.
 
 Process group: FSDP needs one. Without an initialised ``torch.distributed``, a 1-rank group is
 created here (NCCL on a GPU, gloo for the CPU test device) and destroyed at the end. Under
-``torchrun`` every rank gets its own 1-rank group (``new_group([r])``): each rank streams its own
-full copy of the weights (as ``radio.distributed`` keeps a full model per rank); sharding the
-weights ACROSS ranks is not done.
+``torchrun`` the mesh is the default group: FSDP shards every streamed parameter's rows ACROSS
+the ranks (rank ``r`` holds rows ``[r c, (r + 1) c)``, ``c = ceil(rows / world)``), so each
+rank's host holds ~1/world of every original. The forward and backward passes then all-gather
+(collectives: the caller runs the same passes on every rank), and whatever needs a whole
+original gathers it (``radio.distributed.gather_rows``).
 
-Host memory: one copy of every quantized weight (FSDP's host storage, page-locked in place, also
-the session's original and the replaced ``nn.Linear``'s weight) and two of the root's parameters
-(the model's own, put back at the end, and FSDP's). In the final round each original is freed in
-place (``free_host_storage``) as soon as its packed layer has replaced it in the model, so the
-packed layers never come on top of every original. See docs/design.md ("Offload") for the
-arithmetic and the failure contract that follows.
+Host memory: one copy of every streamed weight: FSDP's host storage (page-locked in place; for
+the quantized layers also the session's original and the replaced ``nn.Linear``'s weight). The
+model's own copy of the other streamed parameters (the root's embeddings and norms) is freed
+while FSDP holds its copy (``_free_own_copies``: storages of >= 1 MiB of one parameter alone)
+and refilled by ``close``. In the final round each original is freed in place
+(``free_host_storage``) as soon as its packed layer has replaced it in the model, so the packed
+layers never come on top of every original. See docs/design.md ("Offload") for the arithmetic
+and the failure contract that follows.
 
 At the end the FSDP wrapping is removed: hooks, the FSDP classes and state go, the model's
-original parameter objects (never moved) and buffers (moved back) are put back (the quantized
-layers' originals stay in FSDP's former storage).
+original parameter objects (never moved; refilled where freed, gathered from every rank) and
+buffers (moved back) are put back (the quantized layers' originals stay in FSDP's former
+storage). With several ranks ``close`` is a collective too.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ from the streamed original and the last round's quantization.
 
 Under ``torch.distributed`` (``radio.distributed``), every rank runs this same loop on its share
 of each round's sequences; the statistics are summed over the ranks before the allocation, which
-rank 0 solves and broadcasts.
+rank 0 solves and broadcasts. With ``offload`` the weights are sharded across the ranks (every
+rank runs as many passes; whole originals are gathered one layer at a time).
 
 All per-round work (statistics, grouping, quantization) is vectorised torch on the model's
 device, layer by layer; only the solver and the final bit packing run on the CPU.
@@ -640,8 +641,8 @@ class _Session:
         # Packing jobs not yet done hold their uint8 indices (1 byte per weight, half a 16-bit
         # model if all piled up): at most 2 per worker wait, the GPU waits for the oldest. A
         # streamed run, whose host memory is the bound, also keeps their indices within
-        # _STREAMED_BACKLOG_BYTES (Llama-2-13B shapes on the H100: the final round's host peak
-        # was 0.38 GiB above the calibration rounds' with 16 jobs of up to 70 MB waiting).
+        # _STREAMED_BACKLOG_BYTES (Llama-2-13B shapes on the H100, unbounded: the final round's
+        # host peak was 0.38 GiB above the calibration rounds' with 16 jobs of up to 70 MB).
         unfinished = collections.deque()  # (state, bytes of its indices): jobs in ``jobs``
         waiting_bytes = 0  # their indices, summed
         packed: Dict[str, PackedLayer] = {}
@@ -929,8 +930,9 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
         ``calib`` (sampling from a streamed model would take hours); not with
         ``checkpoint_dir``. A device
         (``"cuda:1"``) picks the GPU; ``"cpu"`` runs the same path without a GPU (tests). Uses
-        the existing process group under torchrun (each rank streams its own full copy),
-        otherwise a 1-rank group made and torn down here. The model is returned in host memory.
+        the existing process group under torchrun, FSDP sharding every weight's rows across
+        its ranks (each host holds ~1/world of the originals; every rank ends with the same
+        quantized model), otherwise a 1-rank group made and torn down here. The model is returned in host memory.
         The result equals ``offload=False`` within float rounding. In the final round each
         layer's original is freed as soon as its packed layer replaces it (host memory stays
         near 1x the model instead of 1x + the packed size), so a failure there cannot restore

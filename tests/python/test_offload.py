@@ -526,8 +526,8 @@ def test_offload_on_gpu_keeps_a_few_blocks_on_the_gpu(monkeypatch):
 
 
 def _offload_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    """One torchrun-like rank: the user's gloo group exists; offload makes each rank its own
-    1-rank group for FSDP and leaves the user's group initialised."""
+    """One torchrun-like rank: the user's gloo group exists; offload shards the weights over
+    it and leaves it initialised."""
     from safetensors.torch import save_file
     torch.set_num_threads(1)
     dist = torch.distributed
@@ -545,7 +545,7 @@ def _offload_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
 
 
 def test_offload_under_an_existing_process_group_matches_one_process(tmp_path):
-    """Two gloo ranks, each streaming its own copy: rank 0's depths and logits equal the
+    """Two gloo ranks, the weights sharded across them: rank 0's depths and logits equal the
     single-process plain run's (depths exactly, logits within float tolerance)."""
     from safetensors.torch import load_file
     single = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(),
