@@ -217,7 +217,10 @@ def main(argv=None) -> int:
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "peak_gpu_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device == "cuda"
                                   else None),
-        "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        # The highest of the phases' peaks: the kernel's peak counter (ru_maxrss) is reset at
+        # every phase by radio.host_memory, so it alone would give the last phase's peak.
+        "peak_host_rss_gib": max((v["peak"] for v in phases.figures.values()),
+                                 default=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20),
         "host_rss_gib": phases.figures, "rank": rank, "world": world,
     }
     # The phases on one line (a run's log keeps only its tail); the --json file has them all.

@@ -200,12 +200,16 @@ __global__ void __launch_bounds__(kQmmaThreads) qmma_kernel(const QmmaParams p) 
       for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
   const int g = lane >> 2, t4 = lane & 3;
   if (row0 < rows_c) {  // warp-uniform
+    // Rows beyond a short last chunk read the chunk's last row (in bounds); their outputs are
+    // never written.
+    const int load_a = min(row_a, rows_c - 1);
+    const int b_off = min(row_b, rows_c - 1) - load_a;
+    const std::uint32_t* qa = p.qweight + load_a;
     RowWords cur, next;
-    if (n_units > 0) load_row_words(cur, p.qweight, s_offset[0], s_depth[0], rows_c, row_a, row_b);
+    if (n_units > 0) load_row_words(cur, qa + s_offset[0], s_depth[0], rows_c, b_off);
     for (int u = 0; u < n_units; ++u) {
       const int depth = s_depth[u];
-      if (u + 1 < n_units)
-        load_row_words(next, p.qweight, s_offset[u + 1], s_depth[u + 1], rows_c, row_a, row_b);
+      if (u + 1 < n_units) load_row_words(next, qa + s_offset[u + 1], s_depth[u + 1], rows_c, b_off);
       if (depth > 0) {  // 0-bit units are loc only: in the chunk term
         std::uint32_t va[16], vb[16];
         qmma_decode_any(depth, cur, s_table, va, vb);
