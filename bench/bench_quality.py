@@ -72,6 +72,9 @@ from radio.models import load_smollm2
 # 1.1e-3 at 4.0 and 7.7e-4 at 4.25 (log2 D falls ~2.4 per bit): these land near 2.9, 3.5 and
 # 4.1 bpw. Three points, for time; a monotonicity check needs at least three.
 DEFAULT_DISTORTIONS = [0.008, 0.003, 0.001]
+# Radio's variants (QuantConfig overrides in main()), in the order they run.
+VARIANT_NAMES = ("per-token estimator", "uniform quantizer", "no bias correction",
+                 "cumulative rounds")
 
 
 def calibration_windows(tokenizer, n: int, length: int, seed: int) -> torch.Tensor:
@@ -221,6 +224,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="CPU smoke settings")
     p.add_argument("--skip-variants", action="store_true")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="run only these variants (names as in the table, or with _ for spaces: "
+                        "'per-token estimator', 'uniform quantizer', 'no bias correction', "
+                        "'cumulative rounds')")
     p.add_argument("--skip-baselines", action="store_true",
                    help="radio only (no radio runs at the baselines' rates either)")
     p.add_argument("--out", type=Path, default=Path("out/quality"))
@@ -228,6 +235,12 @@ def main(argv=None) -> int:
                    help="no runs: merge results.json files of earlier runs (first occurrence of "
                         "each method wins), print the table, write results.json and quality.png")
     args = p.parse_args(argv)
+    # Names with "_" for " " (uniform_quantizer) too, for shells that split on spaces.
+    spelled = {n.replace(" ", "_"): n for n in VARIANT_NAMES}
+    args.variants = None if args.variants is None else [spelled.get(v, v) for v in args.variants]
+    unknown = set(args.variants or []) - set(VARIANT_NAMES)
+    if unknown:
+        p.error(f"--variants: unknown {sorted(unknown)}; expected some of {list(VARIANT_NAMES)}")
     if args.merge:
         return merge(args.merge, args.out)
     if args.quick:  # smaller lists, unless given on the command line
@@ -355,6 +368,9 @@ def main(argv=None) -> int:
                 "no bias correction": dict(bias_correction=False),
                 "cumulative rounds": dict(round_weighting="cumulative")}
     slow_variants = {"per-token estimator": dict(estimator="per_token")}
+    if args.variants is not None:
+        variants = {k: v for k, v in variants.items() if k in args.variants}
+        slow_variants = {k: v for k, v in slow_variants.items() if k in args.variants}
     for d in args.distortions:
         attempt(budget, f"radio max_distortion={d:g}", "radio",
                 lambda d=d: run_radio(f"radio max_distortion={d:g}", max_distortion=d))

@@ -78,3 +78,12 @@ def test_radio_at_a_baseline_rate_is_needed_only_when_no_cheaper_point_beats_it(
     assert bench_quality.dominating_radio_point(rows, gptq)["method"] == "radio 3"
     close = dict(gptq, ppl_b=50.0)  # radio 3 loses on text b; radio 3.25 costs more bits
     assert bench_quality.dominating_radio_point(rows, close) is None
+
+
+def test_an_unknown_variant_name_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_quality.main(["--variants", "uniform_quantizer", "no such variant",
+                            "--out", "/nonexistent/never-written"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no such variant" in err and "uniform quantizer" in err
