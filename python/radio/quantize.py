@@ -1068,7 +1068,9 @@ def quantize(model: nn.Module, bits: Optional[float] = 4, *, size: Optional[int]
                          for i in range(0, per_round, micro)]
         if len(micro_batches) < distributed.world_size() and distributed.is_main():
             warnings.warn(f"{len(micro_batches)} micro-batches of {micro} sequences per round "
-                          f"for {distributed.world_size()} processes: some ranks stay idle; set "
+                          f"for {distributed.world_size()} processes: some ranks add nothing "
+                          f"(idle, or repeating passes in lockstep when the weights are "
+                          f"sharded); set "
                           "QuantConfig.micro_batch (the same at every scale) lower",
                           stacklevel=2)
         weighting = RoundWeighting(config.round_weighting, history)
