@@ -15,19 +15,11 @@ transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from radio.config import QuantConfig  # noqa: E402
-from radio.nn import RadioLinear  # noqa: E402
 from radio.quantize import quantize  # noqa: E402
+from tiny_distributed import calib_tokens, depths_and_logits, gloo_group, tiny_llama  # noqa: E402
 
 VOCAB = 128
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def tiny_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   vocab_size=VOCAB, max_position_embeddings=64)
-    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def config(micro_batch: int) -> QuantConfig:
@@ -38,32 +30,17 @@ def config(micro_batch: int) -> QuantConfig:
                            pca_sequences=6, calib_sequences=6, progress=False)
 
 
-def calib_tokens() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (6, 16), generator=torch.Generator().manual_seed(1))
-
-
 def run_quantize(micro_batch: int) -> dict:
     """Quantize the tiny model; its depths per layer and logits on fixed tokens."""
-    model = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(micro_batch),
-                     verbose=False)
-    out = {f"depth/{name}": m.to_packed().depth.contiguous()
-           for name, m in model.named_modules() if isinstance(m, RadioLinear)}
-    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        out["logits"] = model(input_ids=tokens).logits.float().contiguous()
-    return out
+    model = quantize(tiny_llama(VOCAB), bits=4.0, calib=calib_tokens(VOCAB),
+                     config=config(micro_batch), verbose=False)
+    return depths_and_logits(model, VOCAB)
 
 
 def _worker(rank: int, world: int, micro_batch: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist = torch.distributed
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         result = run_quantize(micro_batch)
         safetensors_torch.save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
 
 
 def single_process(micro_batch: int) -> dict:

@@ -22,21 +22,13 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from radio import offload as streaming  # noqa: E402
 from radio.config import QuantConfig  # noqa: E402
-from radio.nn import RadioLinear  # noqa: E402
 from radio.quantize import quantize  # noqa: E402
+from tiny_distributed import calib_tokens, depths_and_logits, gloo_group, tiny_llama  # noqa: E402
 
 quantize_module = importlib.import_module("radio.quantize")  # the module, not the function
 
 VOCAB = 4097
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def tiny_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   vocab_size=VOCAB, max_position_embeddings=64)
-    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def config(include_lm_head: bool) -> QuantConfig:
@@ -48,19 +40,11 @@ def config(include_lm_head: bool) -> QuantConfig:
                            include_lm_head=include_lm_head)
 
 
-def calib_tokens() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (6, 16), generator=torch.Generator().manual_seed(1))
-
-
 def run_quantize(include_lm_head: bool, offload) -> dict:
-    """Quantize the tiny model; its depths per layer and logits on fixed tokens."""
-    model = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(),
+    """Quantize the tiny model; its depths per layer, logits on fixed tokens and embedding."""
+    model = quantize(tiny_llama(VOCAB), bits=4.0, calib=calib_tokens(VOCAB),
                      config=config(include_lm_head), verbose=False, offload=offload)
-    out = {f"depth/{name}": m.to_packed().depth.contiguous()
-           for name, m in model.named_modules() if isinstance(m, RadioLinear)}
-    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        out["logits"] = model(input_ids=tokens).logits.float().contiguous()
+    out = depths_and_logits(model, VOCAB)
     out["embedding"] = model.model.embed_tokens.weight.detach().clone()
     return out
 
@@ -86,11 +70,7 @@ def _check_shares(world: int, rank: int, seen: list):
 
 
 def _worker(rank: int, world: int, include_lm_head: bool, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist = torch.distributed
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
+    with gloo_group(rank, world, init_file) as dist:
         seen = []
         _check_shares(world, rank, seen)
         own = {}
@@ -108,8 +88,6 @@ def _worker(rank: int, world: int, include_lm_head: bool, init_file: str, out_di
         assert dist.is_initialized() and dist.get_world_size() == world
         result["local_original_elements"] = torch.tensor(seen[0])
         safetensors_torch.save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world, include_lm_head", [(2, True), (4, False)])
@@ -143,7 +121,7 @@ def test_sharded_offload_gives_the_single_process_answer(world, include_lm_head,
                 assert torch.equal(results[r][key], value), (r, key)
     # The ranks' shares of the originals add up to the whole, each about 1/world of it.
     whole = sum(m.weight.numel() for _, m in quantize_module.find_target_layers(
-        tiny_llama(), include_lm_head=include_lm_head))
+        tiny_llama(VOCAB), include_lm_head=include_lm_head))
     shares = [int(results[r]["local_original_elements"]) for r in range(world)]
     assert sum(shares) == whole, (shares, whole)
     assert max(shares) <= whole / world * 1.05, (shares, whole)
@@ -152,22 +130,18 @@ def test_sharded_offload_gives_the_single_process_answer(world, include_lm_head,
 def _failing_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """A failure in the plan on every rank: each rank's model must come back whole (its
     linear layers gathered from the row shards, the embedding refilled)."""
-    torch.set_num_threads(1)
-    dist = torch.distributed
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         def fail(*args, **kwargs):
             raise RuntimeError("injected failure in plan")
 
         quantize_module._Session.plan = fail
-        model = tiny_llama()
+        model = tiny_llama(VOCAB)
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
         own = dict(model.named_parameters())
         linears = {name: m for name, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear)}
         try:
-            quantize(model, bits=4.0, calib=calib_tokens(), config=config(False), verbose=False,
+            quantize(model, bits=4.0, calib=calib_tokens(VOCAB), config=config(False), verbose=False,
                      offload="cpu")
         except RuntimeError as error:
             assert "injected" in str(error)
@@ -180,8 +154,6 @@ def _failing_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
             assert torch.equal(p, before[name]), name
         with open(os.path.join(out_dir, f"ok{rank}"), "w") as f:
             f.write("restored")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_sharded_offload_failure_puts_every_rank_model_back(tmp_path):
