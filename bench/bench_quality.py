@@ -72,9 +72,14 @@ from radio.models import load_smollm2
 # 1.1e-3 at 4.0 and 7.7e-4 at 4.25 (log2 D falls ~2.4 per bit): these land near 2.9, 3.5 and
 # 4.1 bpw. Three points, for time; a monotonicity check needs at least three.
 DEFAULT_DISTORTIONS = [0.008, 0.003, 0.001]
-# Radio's variants (QuantConfig overrides in main()), in the order they run.
-VARIANT_NAMES = ("per-token estimator", "uniform quantizer", "no bias correction",
-                 "cumulative rounds")
+# Radio's variants: QuantConfig overrides. The per-token estimator (the slowest run) goes first,
+# then the quantizer, bias correction and the paper's cumulative round weighting
+# (QuantConfig.round_weighting; radio's default is "normalized").
+SLOW_VARIANTS = {"per-token estimator": dict(estimator="per_token")}
+VARIANTS = {"uniform quantizer": dict(quantizer="uniform"),
+            "no bias correction": dict(bias_correction=False),
+            "cumulative rounds": dict(round_weighting="cumulative")}
+VARIANT_NAMES = (*SLOW_VARIANTS, *VARIANTS)
 
 
 def calibration_windows(tokenizer, n: int, length: int, seed: int) -> torch.Tensor:
@@ -361,16 +366,10 @@ def main(argv=None) -> int:
                 continue
         attempt(budget, f"radio {bits:g}", "radio", lambda b=bits: run_radio(f"radio {b:g}", bits=b))
 
-    # The variants after the max_distortion series; the per-token estimator (the slowest run)
-    # first, then the quantizer, bias correction and the paper's cumulative round weighting
-    # (QuantConfig.round_weighting; radio's default is "normalized").
-    variants = {"uniform quantizer": dict(quantizer="uniform"),
-                "no bias correction": dict(bias_correction=False),
-                "cumulative rounds": dict(round_weighting="cumulative")}
-    slow_variants = {"per-token estimator": dict(estimator="per_token")}
-    if args.variants is not None:
-        variants = {k: v for k, v in variants.items() if k in args.variants}
-        slow_variants = {k: v for k, v in slow_variants.items() if k in args.variants}
+    # The variants after the max_distortion series (all, or those named by --variants).
+    chosen = VARIANT_NAMES if args.variants is None else args.variants
+    slow_variants = {k: v for k, v in SLOW_VARIANTS.items() if k in chosen}
+    variants = {k: v for k, v in VARIANTS.items() if k in chosen}
     for d in args.distortions:
         attempt(budget, f"radio max_distortion={d:g}", "radio",
                 lambda d=d: run_radio(f"radio max_distortion={d:g}", max_distortion=d))
