@@ -4,8 +4,7 @@
 # $OUT (the device tool brings them back). Usage (from the repository root, with .deps carried):
 #   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile]
 # (tests-profile: build, tests, memcheck and ncu only: no benchmark)
-# .deps/ holds Eigen, nlohmann_json and zlib (headers, CMake configs, libz) copied from the dev
-# machine, for images without them; it is listed in .git/info/exclude.
+# The build is bench/gpu_build.sh's.
 set -uo pipefail
 MODE=${1:-quick}
 OUT=${OUT:-/tmp/radio-gpu-out}
@@ -20,16 +19,8 @@ nvcc --version | tail -2
 ls -d /usr/include/eigen3 /usr/include/nlohmann /usr/include/zlib.h 2>&1 | sed 's/^/system: /'
 
 step "build"
-DEPS="$PWD/.deps"
-ARGS=(-Ccmake.define.RADIO_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real
-      -Ccmake.define.pybind11_DIR="$(python3 -m pybind11 --cmakedir)")
-if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/nlohmann ] || [ ! -f /usr/include/zlib.h ]; then
-  ARGS+=(-Ccmake.define.CMAKE_PREFIX_PATH="$DEPS" -Ccmake.define.ZLIB_ROOT="$DEPS")
-fi
-rm -rf build/cp312-*  # a configure cached with other definitions would be reused
-if ! python3 -m pip install --no-build-isolation --no-deps -q . "${ARGS[@]}" > "$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
-fi
+source bench/gpu_build.sh
+radio_gpu_build "$OUT/build.log" || exit 1
 python3 -c 'import radio, radio._cuda as c; print("radio._cuda", c.__file__, "runtime", c.runtime_version()); print(c.config(1, 4096, 4096, 256)); print(c.config(16, 49152, 12288, 256))'
 
 step "tests"

@@ -15,15 +15,8 @@ export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 CMAKE_BUILD_PARALLEL_LEVEL=16 HF_
 step() { echo "=== $* ($(date +%T))"; }
 no_bars() { tr '\r' '\n' | grep -v "it/s\]\|seq/s\]\|layer/s\]\|s/it\]\|^ *$"; }
 
-build() {
-  local args=(-Ccmake.define.RADIO_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real
-              -Ccmake.define.pybind11_DIR="$(python3 -m pybind11 --cmakedir)")
-  if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/nlohmann ]; then
-    args+=(-Ccmake.define.CMAKE_PREFIX_PATH="$PWD/.deps" -Ccmake.define.ZLIB_ROOT="$PWD/.deps")
-  fi
-  python3 -m pip install --no-build-isolation --no-deps -q . "${args[@]}" > "$OUT/build.log" 2>&1 \
-    || { tail -30 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
-}
+source bench/gpu_build.sh
+build() { radio_gpu_build "$OUT/build.log" || exit 1; }
 
 case "${1:-}" in
 stage1)
