@@ -5,6 +5,7 @@
 # 16: 4096x4096 and 49152x12288 at 3.0 and 4.0 bpw). TESTS=1 adds the CUDA op tests per build;
 # PROFILE=1 adds ncu stall reasons, the L1 throughput breakdown and shared-memory wavefronts of the
 # 1-token gemv and 16-token qmma kernels (49152x12288 at NCU_BPW, default 4.0).
+# Each patch names the commit it applies to; one made against an older main may not apply.
 # Usage (repository root, .deps carried): [TESTS=1] [PROFILE=1] bash bench/run_gpu_ab.sh PATCH...
 set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
@@ -54,7 +55,8 @@ for PATCH in "$@"; do
   NAME=$(basename "$PATCH" .patch)
   echo "=== main + $NAME ($(date +%T))"
   rm -rf "/tmp/ab_$NAME" && mkdir "/tmp/ab_$NAME" && cp -r "$ROOT"/. "/tmp/ab_$NAME/"
-  (cd "/tmp/ab_$NAME" && patch -p1 -s < "$ROOT/$PATCH" && radio_gpu_build "$OUT/build_$NAME.log") || continue
+  (cd "/tmp/ab_$NAME" && patch -p1 -s < "$ROOT/$PATCH" && radio_gpu_build "$OUT/build_$NAME.log") \
+    || { echo "$NAME: patch or build failed"; continue; }
   (cd "/tmp/ab_$NAME" && measure "$NAME")
 done
 rm -f "$OUT"/build_*.log

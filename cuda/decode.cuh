@@ -123,6 +123,26 @@ RADIO_HD std::uint32_t unit_index_x4(const std::uint32_t (&w)[kB]) {
   }
 }
 
+// Byte offset of lane l's copy of the entry of index pair (j, j+1), j even, in a pair table
+// replicated once per shared-memory bank (entry e of lane l at word 32 e + l, so every lane reads
+// its own bank): 128 * (index j | index j+1 << B) | 4 l, from one shift and one AND-OR. The pair
+// is the 2B bits [jB, jB + 2B) of the row's unit, in the order the table is indexed.
+template <int kB, int kJ>
+RADIO_HD std::uint32_t unit_pair_offset(const std::uint32_t (&w)[kB], std::uint32_t lane4) {
+  static_assert(kJ % 2 == 0 && 2 * kB <= 24, "pairs start at even positions; 2B + 7 bits fit");
+  constexpr int kLo = kJ * kB, kWord = kLo / 32, kShift = kLo % 32;
+  constexpr std::uint32_t kMask = ((1u << (2 * kB)) - 1u) << 7;
+  std::uint32_t v;
+  if constexpr (kShift < 7) {
+    v = w[kWord] << (7 - kShift);
+  } else if constexpr (kShift + 2 * kB <= 32) {
+    v = w[kWord] >> (kShift - 7);
+  } else {
+    v = funnel_right(w[kWord], w[kWord + 1], kShift - 7);
+  }
+  return (v & kMask) | lane4;
+}
+
 // Position (0..31 inside the unit) of A-fragment register `reg`, half `half`, k-step `step`,
 // for lane t. Used by the host test and by nothing on the device (the device code is the
 // unrolled form of the same rule).

@@ -14,7 +14,8 @@
 // its units, the next unit's words loaded while the current one is decoded. Per weight and row:
 // one shift and one AND give 4 * q (unit_index_x4, decode.cuh), one shared load of T_B[q] from a
 // float table at a compile-time address (laplace or uniform table, filled on the host; entries of
-// one depth <= 5 sit in distinct banks), one FMA per token.
+// one depth <= 5 sit in distinct banks), one FMA per token. Depths 1..3 read two table values per
+// lookup from a pair table with one copy per bank (gemv_pair_quad).
 //
 // Output: one split writes y[token, row_perm[row]] (+ bias) in x's dtype directly; with several,
 // each block adds its f32 partial to a zeroed workspace [n, kTokens] in permuted-row order and the
@@ -37,6 +38,15 @@ namespace radio::cuda {
 
 constexpr int kGemvMaxThreads = 1024;  // two rows each: chunks of up to 2048 rows
 constexpr int kTableEntries = 510;     // T_B[q] of depths 1..8: depth B starts at 2^B - 2
+// Depths 1..3 look up two indices at once: entry q_j | q_{j+1} << B of a pair table holds
+// (T_B[q_j], T_B[q_{j+1}]) as f16 halves; 4 + 16 + 64 entries, depth B from (4^B - 4) / 3.
+constexpr int kPairMaxDepth = 3;
+constexpr int kPairEntries = 84;
+__host__ __device__ constexpr int pair_table_start(int depth) { return ((1 << (2 * depth)) - 4) / 3; }
+static_assert(pair_table_start(kPairMaxDepth + 1) == kPairEntries, "pair table size");
+// Static shared memory of gemv_kernel: the f32 table, the pair table (one copy per bank), s_term
+// (up to 8 tokens) and two ints.
+constexpr int kGemvStaticSmemBytes = 512 * 4 + kPairEntries * 32 * 4 + 8 * 4 + 2 * 4;
 
 struct GemvParams {
   const void* x;                    // [m, k] in Act
@@ -55,6 +65,7 @@ struct GemvParams {
   int m, n, k, gs, units, padded_k;
   int units_per_split, splits;
   float table[512];  // T_B[q] of the layer's quantizer in f32 (entry 2^B - 2 + q), from the host
+  std::uint32_t pair_table[kPairEntries];  // (T_B[q], T_B[q']) as f16 pairs, depths 1..3 (host)
 };
 
 // Dynamic shared memory: xs [kTokens][units_per_split * 32] f32, then the block's unit offsets
@@ -124,9 +135,45 @@ __device__ __forceinline__ void gemv_quad(float (&acc_a)[kTokens], float (&acc_b
   gemv_position<kTokens, kB, 4 * kG + 3>(acc_a, acc_b, wa, wb, table_b, x3);
 }
 
+// Positions 4g .. 4g+3 of a depth <= 3 unit: two lookups per row, each one 32-bit load of a pair
+// of f16 table values from the lane's own bank (unit_pair_offset, decode.cuh): half the
+// shared-memory wavefronts of one lookup per index (the L1 data pipe is ~86% busy at 1 token,
+// bench/KERNELS.md session 6).
+template <int kTokens, int kB, int kG>
+__device__ __forceinline__ void gemv_pair_quad(float (&acc_a)[kTokens], float (&acc_b)[kTokens],
+                                               const std::uint32_t (&wa)[kB],
+                                               const std::uint32_t (&wb)[kB],
+                                               const unsigned char* pairs_b, std::uint32_t lane4,
+                                               const float* xs_unit, int xs_stride) {
+  float4 v[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t)
+    v[t] = *reinterpret_cast<const float4*>(xs_unit + t * xs_stride + 4 * kG);
+  const float2 a0 = __half22float2(*reinterpret_cast<const __half2*>(
+      pairs_b + unit_pair_offset<kB, 4 * kG>(wa, lane4)));
+  const float2 a1 = __half22float2(*reinterpret_cast<const __half2*>(
+      pairs_b + unit_pair_offset<kB, 4 * kG + 2>(wa, lane4)));
+  const float2 b0 = __half22float2(*reinterpret_cast<const __half2*>(
+      pairs_b + unit_pair_offset<kB, 4 * kG>(wb, lane4)));
+  const float2 b1 = __half22float2(*reinterpret_cast<const __half2*>(
+      pairs_b + unit_pair_offset<kB, 4 * kG + 2>(wb, lane4)));
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    acc_a[t] = fmaf(a0.x, v[t].x, acc_a[t]);
+    acc_a[t] = fmaf(a0.y, v[t].y, acc_a[t]);
+    acc_a[t] = fmaf(a1.x, v[t].z, acc_a[t]);
+    acc_a[t] = fmaf(a1.y, v[t].w, acc_a[t]);
+    acc_b[t] = fmaf(b0.x, v[t].x, acc_b[t]);
+    acc_b[t] = fmaf(b0.y, v[t].y, acc_b[t]);
+    acc_b[t] = fmaf(b1.x, v[t].z, acc_b[t]);
+    acc_b[t] = fmaf(b1.y, v[t].w, acc_b[t]);
+  }
+}
+
 template <int kTokens, int kB, int... kGs>
 __device__ __forceinline__ void gemv_unit(float (&acc_a)[kTokens], float (&acc_b)[kTokens],
                                           const RowWords& w, const unsigned char* table,
+                                          const unsigned char* pairs, std::uint32_t lane4,
                                           const float* xs_unit, int xs_stride,
                                           std::integer_sequence<int, kGs...>) {
   std::uint32_t wa[kB], wb[kB];
@@ -135,8 +182,13 @@ __device__ __forceinline__ void gemv_unit(float (&acc_a)[kTokens], float (&acc_b
     wa[i] = w.a[i];
     wb[i] = w.b[i];
   }
-  const unsigned char* table_b = table + 4 * ((1 << kB) - 2);
-  (gemv_quad<kTokens, kB, kGs>(acc_a, acc_b, wa, wb, table_b, xs_unit, xs_stride), ...);
+  if constexpr (kB <= kPairMaxDepth) {
+    const unsigned char* pairs_b = pairs + 128 * pair_table_start(kB);
+    (gemv_pair_quad<kTokens, kB, kGs>(acc_a, acc_b, wa, wb, pairs_b, lane4, xs_unit, xs_stride), ...);
+  } else {
+    const unsigned char* table_b = table + 4 * ((1 << kB) - 2);
+    (gemv_quad<kTokens, kB, kGs>(acc_a, acc_b, wa, wb, table_b, xs_unit, xs_stride), ...);
+  }
 }
 
 // The depth switch: one fully unrolled decode per bit width (0-bit units are loc only, already
@@ -144,18 +196,19 @@ __device__ __forceinline__ void gemv_unit(float (&acc_a)[kTokens], float (&acc_b
 template <int kTokens>
 __device__ __forceinline__ void gemv_unit_any(int depth, float (&acc_a)[kTokens],
                                               float (&acc_b)[kTokens], const RowWords& w,
-                                              const unsigned char* table, const float* xs_unit,
-                                              int xs_stride) {
+                                              const unsigned char* table,
+                                              const unsigned char* pairs, std::uint32_t lane4,
+                                              const float* xs_unit, int xs_stride) {
   constexpr auto kQuads = std::make_integer_sequence<int, 8>{};
   switch (depth) {
-    case 1: gemv_unit<kTokens, 1>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 2: gemv_unit<kTokens, 2>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 3: gemv_unit<kTokens, 3>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 4: gemv_unit<kTokens, 4>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 5: gemv_unit<kTokens, 5>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 6: gemv_unit<kTokens, 6>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 7: gemv_unit<kTokens, 7>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
-    case 8: gemv_unit<kTokens, 8>(acc_a, acc_b, w, table, xs_unit, xs_stride, kQuads); break;
+    case 1: gemv_unit<kTokens, 1>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 2: gemv_unit<kTokens, 2>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 3: gemv_unit<kTokens, 3>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 4: gemv_unit<kTokens, 4>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 5: gemv_unit<kTokens, 5>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 6: gemv_unit<kTokens, 6>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 7: gemv_unit<kTokens, 7>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
+    case 8: gemv_unit<kTokens, 8>(acc_a, acc_b, w, table, pairs, lane4, xs_unit, xs_stride, kQuads); break;
     default: break;
   }
 }
@@ -164,6 +217,7 @@ template <typename Act, int kTokens>
 __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   // The table at a fixed shared address: the lookup is one LDS [offset + constant].
   __shared__ __align__(16) float s_table[512];
+  __shared__ std::uint32_t s_pairs[kPairEntries * 32];  // pair table, one copy per bank
   __shared__ float s_term[kTokens];
   __shared__ int s_max_depth, s_is_last;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -245,6 +299,9 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   __syncthreads();  // s_max_depth, depths, offsets, xs
   // Only the tables of the depths this block uses: depths 1..D are entries [0, 2^(D+1) - 2).
   for (int i = tid; i < (2 << s_max_depth) - 2; i += nthreads) s_table[i] = p.table[i];
+  // Entry e of the pair table for lane l at word 32 e + l; a warp's 32 words share e (broadcast).
+  const int pair_words = 32 * pair_table_start(min(s_max_depth, kPairMaxDepth) + 1);
+  for (int i = tid; i < pair_words; i += nthreads) s_pairs[i] = p.pair_table[i >> 5];
   __syncthreads();
 
   const int row_a = tid, row_b = tid + nthreads;
@@ -252,6 +309,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
 #pragma unroll
   for (int t = 0; t < kTokens; ++t) acc_a[t] = acc_b[t] = 0.f;
   const unsigned char* table = reinterpret_cast<const unsigned char*>(s_table);
+  const unsigned char* pairs = reinterpret_cast<const unsigned char*>(s_pairs);
+  const std::uint32_t lane4 = 4u * static_cast<std::uint32_t>(lane);
   if (row_a < rows_c) {
     // Row b of a short last chunk may lie beyond it: it then re-reads row a's words (in bounds),
     // and its sums are never written.
@@ -263,7 +322,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
     if (n_units > 0) load_row_words(cur, qa + s_offset[0], s_depth[0], rows_c, b_off);
     for (int u = 0; u < n_units; ++u) {
       if (u + 1 < n_units) load_row_words(next, qa + s_offset[u + 1], s_depth[u + 1], rows_c, b_off);
-      gemv_unit_any<kTokens>(s_depth[u], acc_a, acc_b, cur, table, xs + 32 * u, xs_stride);
+      gemv_unit_any<kTokens>(s_depth[u], acc_a, acc_b, cur, table, pairs, lane4, xs + 32 * u,
+                             xs_stride);
       cur = next;
     }
   }

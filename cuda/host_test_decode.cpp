@@ -135,8 +135,8 @@ int check_depth(std::mt19937& rng) {
   return failures;
 }
 
-// unit_index and unit_index_x4 (the GEMV and dequantize kernels' per-row decode) read back
-// every index of a packed row, for all 32 positions.
+// unit_index, unit_index_x4 and unit_pair_offset (the GEMV and dequantize kernels'
+// per-row decode) read back every index of a packed row, for all 32 positions.
 template <int kB, int... kJs>
 int check_row_decode(std::mt19937& rng, std::integer_sequence<int, kJs...>) {
   std::uniform_int_distribution<int> pick(0, (1 << kB) - 1);
@@ -150,6 +150,18 @@ int check_row_decode(std::mt19937& rng, std::integer_sequence<int, kJs...>) {
     for (int b = 0; b < kB; ++b) w[b] = words[static_cast<std::size_t>(b) * kRows + r];
     const std::uint32_t got[] = {radio::cuda::unit_index<kB, kJs>(w)...};
     const std::uint32_t got4[] = {radio::cuda::unit_index_x4<kB, kJs>(w)...};
+    if constexpr (kB <= 3) {
+      for (std::uint32_t lane = 0; lane < 32; lane += 7) {
+        const std::uint32_t pairs[] = {
+            (kJs % 2 == 0 ? radio::cuda::unit_pair_offset<kB, kJs - kJs % 2>(w, 4 * lane) : 0u)...};
+        for (int j = 0; j < 32; j += 2) {
+          const std::uint32_t want = 128u * static_cast<std::uint32_t>(q[r][j] | (q[r][j + 1] << kB)) | 4u * lane;
+          if (pairs[j] != want && failures++ < 10)
+            std::printf("B=%d row %d pair %d lane %u: offset %u, expected %u\n", kB, r, j, lane,
+                        pairs[j], want);
+        }
+      }
+    }
     for (int j = 0; j < 32; ++j)
       if ((got[j] != static_cast<std::uint32_t>(q[r][j]) ||
            got4[j] != 4u * static_cast<std::uint32_t>(q[r][j])) && failures++ < 10)

@@ -58,6 +58,20 @@ void fill_table_f32(Quant q, float (&table)[512]) {
   table[510] = table[511] = 0.f;
 }
 
+// The gemv kernel's pair table (gemv_kernel.cuh): entry q | q' << B of depth B <= 3 holds
+// (T_B[q], T_B[q']) as f16 (low, high), from the f32 table.
+void fill_pair_table(const float (&table)[512], std::uint32_t (&pairs)[kPairEntries]) {
+  for (int b = 1; b <= kPairMaxDepth; ++b)
+    for (int e = 0; e < (1 << (2 * b)); ++e) {
+      const __half lo = __float2half_rn(table[(1 << b) - 2 + (e & ((1 << b) - 1))]);
+      const __half hi = __float2half_rn(table[(1 << b) - 2 + (e >> b)]);
+      std::uint16_t lo_bits, hi_bits;
+      std::memcpy(&lo_bits, &lo, 2);
+      std::memcpy(&hi_bits, &hi, 2);
+      pairs[pair_table_start(b) + e] = lo_bits | (static_cast<std::uint32_t>(hi_bits) << 16);
+    }
+}
+
 // T_B[q] as 16-bit patterns of the mma type M, for either quantizer.
 template <typename M>
 void fill_table16(Quant q, std::uint16_t (&table)[512]) {
@@ -125,6 +139,7 @@ std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   GemvParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
+  fill_pair_table(p.table, p.pair_table);
   switch (static_cast<DType>(dtype)) {
     case DType::kHalf: return launch_gemv_as<__half>(p, x, m, layer, workspace, c, s);
     case DType::kBFloat16: return launch_gemv_as<__nv_bfloat16>(p, x, m, layer, workspace, c, s);

@@ -76,6 +76,10 @@ void add_xt(QlinearConfig& c, int k, int tokens, int groups, int group_stride) {
   c.workspace_bytes = c.xt_offset + static_cast<std::int64_t>(groups) * k * tokens * 4;
 }
 constexpr int kGemvXsBytes = 32 * 1024;
+// The gemv launch does not raise the 48 KiB default: xs, the block's unit offsets and depths
+// (dynamic, at most kGemvXsBytes / 128 units at 1 token) and the static tables must fit in it.
+static_assert(kGemvXsBytes + kGemvXsBytes / 128 * 5 + kGemvStaticSmemBytes <= 48 * 1024,
+              "gemv shared memory above the default limit");
 
 QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c;
