@@ -5,7 +5,8 @@ paths are checked against the format itself, not against ops.py. Relative-error 
 (||y - ref|| / ||ref||, ref in float64 from the same x):
 - f16 activations: 4e-3 (x*scale and the laplace table rounded to f16, y rounded to f16);
 - bf16 activations: 2.5e-2 (the same in bf16: 8-bit mantissas);
-- f32 activations: 2e-3 (the kernel multiplies x*scale in f16 on the tensor cores).
+- f32 activations: 2e-3 (the tensor-core kernels multiply x*scale in f16; the 1-4 token kernel
+  reads the table values of depths 1-3 as f16 pairs).
 """
 from __future__ import annotations
 
