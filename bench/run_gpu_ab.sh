@@ -4,7 +4,8 @@
 # quick kernel benchmark side by side with f16 (bench_gemm.py --quick --no-prefill --tokens 1 4 8
 # 16: 4096x4096 and 49152x12288 at 3.0 and 4.0 bpw). TESTS=1 adds the CUDA op tests per build;
 # PROFILE=1 adds ncu stall reasons, the L1 throughput breakdown and shared-memory wavefronts of the
-# 1-token gemv and 16-token qmma kernels (49152x12288 at NCU_BPW, default 4.0).
+# 1-token gemv and 16-token qmma kernels (49152x12288 at NCU_BPW, default 4.0); DECODE=1 adds the
+# end-to-end batch-1 decode benchmark (bench_decode.py: SmolLM2 and Llama-2-7B shapes).
 # Each patch names the commit it applies to; one made against an older main may not apply.
 # Usage (repository root, .deps carried): [TESTS=1] [PROFILE=1] bash bench/run_gpu_ab.sh PATCH...
 set -uo pipefail
@@ -33,6 +34,10 @@ measure() {  # $1: name of the build installed now
   timeout 120 python3 bench/bench_gemm.py --quick --no-prefill --tokens 1 4 8 16 \
     --json "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
   grep -E "^device|^ *[0-9]+x[0-9]+|FAIL|disagrees" "$OUT/bench_$1.log"
+  if [ -n "${DECODE:-}" ]; then
+    timeout 150 python3 bench/bench_decode.py --json "$OUT/decode_$1.json" > "$OUT/decode_$1.log" 2>&1
+    grep -E "shapes" "$OUT/decode_$1.log"
+  fi
   if [ -n "${PROFILE:-}" ]; then
     local kernels='regex:gemv_kernel|qmma_kernel'
     timeout 120 ncu --kernel-name "$kernels" --launch-count 2 \

@@ -8,8 +8,9 @@
 // - tokens rounded up to 1, 2, 4 or 8 (template parameter);
 // - one block per chunk and K split, one thread per two rows (128 threads for 256 rows);
 // - K split: about g_gemv_waves (6) waves of blocks at 8 resident blocks of 128 threads per SM, at least
-//   kGemvMinUnits units per block (staging and the last-block write are per block) and at most
-//   what keeps xs (tokens x positions x 4 bytes) within kGemvXsBytes.
+//   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
+//   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
+//   positions x 4 bytes) within kGemvXsBytes.
 // qlinear, 5..64 tokens with chunks of at most 256 rows: decode into shared memory + tensor cores
 // (qmma_kernel.cuh), the gemv split rule with 3 blocks per SM, token groups of 32 along grid z.
 // qlinear, otherwise (1..64 tokens with larger chunks, or the "kernel" prefill path: the older
@@ -91,7 +92,15 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   const int resident = sm_count * std::max(1, 1024 / c.threads);
   const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks));
   const int max_units = std::max(1, kGemvXsBytes / (c.gemv_tokens * 32 * 4));
-  c.units_per_split = std::clamp(ceil_div(units, want_splits), std::min(kGemvMinUnits, units),
+  // A layer too small to give every SM a block at kGemvMinUnits units per block (SmolLM2's 576-
+  // and 1536-wide layers) splits finer, down to one unit, for about one block per SM: its time
+  // is the latency of few blocks. SmolLM2-shaped decode 4.68 -> 4.43 ms at 4 bpw, Llama-2-7B
+  // shapes unchanged; one unit per block for every layer cost the 4096-wide layers 25%
+  // (bench/RESULTS.md session 6).
+  const int min_units = chunks * ceil_div(units, kGemvMinUnits) >= sm_count
+                            ? kGemvMinUnits
+                            : std::clamp(ceil_div(units * chunks, sm_count), 1, kGemvMinUnits);
+  c.units_per_split = std::clamp(ceil_div(units, want_splits), std::min(min_units, units),
                                  max_units);
   c.splits = ceil_div(units, c.units_per_split);
   c.grid_x = chunks;
