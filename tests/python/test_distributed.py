@@ -6,17 +6,17 @@ tokens; every rank writes its depths and its logits on fixed tokens (safetensors
 the single-process run: identical depths, logits within rtol 1e-4 (the statistics are summed in
 another order); and every rank holds rank 0's model exactly (its packed layers are broadcast).
 """
-import os
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+pytest.importorskip("safetensors.torch")
 
 from radio.config import QuantConfig  # noqa: E402
 from radio.quantize import quantize  # noqa: E402
-from tiny_distributed import calib_tokens, depths_and_logits, gloo_group, tiny_llama  # noqa: E402
+from tiny_distributed import (calib_tokens, depths_and_logits, gloo_group, one_thread,  # noqa: E402
+                              rank_results, save_rank_result, spawn_ranks, tiny_llama)
 
 VOCAB = 128
 RTOL, ATOL = 1e-4, 1e-5
@@ -40,16 +40,12 @@ def run_quantize(micro_batch: int) -> dict:
 def _worker(rank: int, world: int, micro_batch: int, init_file: str, out_dir: str) -> None:
     with gloo_group(rank, world, init_file):
         result = run_quantize(micro_batch)
-        safetensors_torch.save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
+        save_rank_result(result, out_dir, rank)
 
 
 def single_process(micro_batch: int) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return run_quantize(micro_batch)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("world, micro_batch", [(2, 2), (4, 1)])
@@ -57,11 +53,8 @@ def test_same_answer_on_several_processes(world, micro_batch, tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
     single = single_process(micro_batch)
-    torch.multiprocessing.spawn(_worker, args=(world, micro_batch, str(tmp_path / "init"),
-                                               str(tmp_path)),
-                                nprocs=world, join=True, start_method="spawn")
-    results = [safetensors_torch.load_file(str(tmp_path / f"rank{r}.safetensors"))
-               for r in range(world)]
+    spawn_ranks(_worker, world, (micro_batch,), tmp_path)
+    results = rank_results(tmp_path, world)
     depth_keys = sorted(k for k in single if k.startswith("depth/"))
     assert len(depth_keys) == 14  # 7 linear layers in each of the 2 blocks
     assert sorted(k for k in results[0] if k.startswith("depth/")) == depth_keys

@@ -18,12 +18,13 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+pytest.importorskip("safetensors.torch")
 
 from radio import offload as streaming  # noqa: E402
 from radio.config import QuantConfig  # noqa: E402
 from radio.quantize import quantize  # noqa: E402
-from tiny_distributed import calib_tokens, depths_and_logits, gloo_group, tiny_llama  # noqa: E402
+from tiny_distributed import (calib_tokens, depths_and_logits, gloo_group, one_thread,  # noqa: E402
+                              rank_results, save_rank_result, spawn_ranks, tiny_llama)
 
 quantize_module = importlib.import_module("radio.quantize")  # the module, not the function
 
@@ -87,25 +88,18 @@ def _worker(rank: int, world: int, include_lm_head: bool, init_file: str, out_di
         assert own["freed"], "the model's own embedding was not freed while streamed"
         assert dist.is_initialized() and dist.get_world_size() == world
         result["local_original_elements"] = torch.tensor(seen[0])
-        safetensors_torch.save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
+        save_rank_result(result, out_dir, rank)
 
 
 @pytest.mark.parametrize("world, include_lm_head", [(2, True), (4, False)])
 def test_sharded_offload_gives_the_single_process_answer(world, include_lm_head, tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         single = run_quantize(include_lm_head, offload=False)
         one_streamed = run_quantize(include_lm_head, offload="cpu")  # 1 process, 1-rank group
-    finally:
-        torch.set_num_threads(threads)
-    torch.multiprocessing.spawn(_worker, args=(world, include_lm_head, str(tmp_path / "init"),
-                                               str(tmp_path)),
-                                nprocs=world, join=True, start_method="spawn")
-    results = [safetensors_torch.load_file(str(tmp_path / f"rank{r}.safetensors"))
-               for r in range(world)]
+    spawn_ranks(_worker, world, (include_lm_head,), tmp_path)
+    results = rank_results(tmp_path, world)
     depth_keys = sorted(k for k in single if k.startswith("depth/"))
     assert len(depth_keys) == 14 + include_lm_head  # 7 linear layers per block (+ the head)
     for result in (one_streamed, results[0]):
@@ -159,6 +153,5 @@ def _failing_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
 def test_sharded_offload_failure_puts_every_rank_model_back(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    torch.multiprocessing.spawn(_failing_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
-                                nprocs=2, join=True, start_method="spawn")
+    spawn_ranks(_failing_worker, 2, (), tmp_path)
     assert all((tmp_path / f"ok{r}").exists() for r in range(2))

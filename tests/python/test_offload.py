@@ -528,31 +528,24 @@ def test_offload_on_gpu_keeps_a_few_blocks_on_the_gpu(monkeypatch):
 def _offload_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """One torchrun-like rank: the user's gloo group exists; offload shards the weights over
     it and leaves it initialised."""
-    from safetensors.torch import save_file
-    torch.set_num_threads(1)
-    dist = torch.distributed
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
+    from tiny_distributed import gloo_group, save_rank_result
+    with gloo_group(rank, world, init_file) as dist:
         model = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(),
                          verbose=False, offload="cpu")
         assert dist.is_initialized() and dist.get_world_size() == world
         out = {f"depth/{k}": v.contiguous() for k, v in depths(model).items()}
         out["logits"] = logits(model).contiguous()
-        save_file(out, f"{out_dir}/rank{rank}.safetensors")
-    finally:
-        dist.destroy_process_group()
+        save_rank_result(out, out_dir, rank)
 
 
 def test_offload_under_an_existing_process_group_matches_one_process(tmp_path):
     """Two gloo ranks, the weights sharded across them: rank 0's depths and logits equal the
     single-process plain run's (depths exactly, logits within float tolerance)."""
-    from safetensors.torch import load_file
+    from tiny_distributed import rank_results, spawn_ranks
     single = quantize(tiny_llama(), bits=4.0, calib=calib_tokens(), config=config(),
                       verbose=False)
-    torch.multiprocessing.spawn(_offload_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
-                                nprocs=2, join=True, start_method="spawn")
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    spawn_ranks(_offload_worker, 2, (), tmp_path)
+    ranks = rank_results(tmp_path, 2)
     expected = depths(single)
     for name, depth in expected.items():
         assert torch.equal(ranks[0][f"depth/{name}"], depth), name

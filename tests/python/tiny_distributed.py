@@ -1,11 +1,15 @@
-"""Helpers shared by the multi-process tests (test_distributed.py, test_distributed_offload.py):
-the tiny random Llama they quantize, its calibration tokens, what a run is compared on, and the
-gloo process group of a spawned child. A plain module (not a test file) so that the spawned
-children, which import the test module by name, find it on the inherited sys.path."""
+"""Helpers shared by the multi-process tests (test_distributed.py, test_distributed_offload.py,
+test_offload.py): the tiny random Llama they quantize, its calibration tokens, what a run is
+compared on, the gloo process group of a spawned child, spawning the ranks and collecting what
+each saved. A plain module (not a test file) so that the spawned children, which import the test
+module by name, find it on the inherited sys.path."""
 import contextlib
+import os
+from typing import Callable, List
 
 import torch
 import transformers
+from safetensors import torch as safetensors_torch
 
 from radio.nn import RadioLinear
 
@@ -43,3 +47,33 @@ def gloo_group(rank: int, world: int, init_file: str):
         yield dist
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread inside (as in every spawned rank), the caller's count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def spawn_ranks(worker: Callable, world: int, args: tuple, out_dir) -> None:
+    """Runs ``worker(rank, world, *args, init_file, out_dir)`` in ``world`` spawned processes
+    (``init_file`` in ``out_dir``: the gloo rendezvous) and waits for all of them."""
+    torch.multiprocessing.spawn(worker, args=(world, *args, os.path.join(str(out_dir), "init"),
+                                              str(out_dir)),
+                                nprocs=world, join=True, start_method="spawn")
+
+
+def save_rank_result(result: dict, out_dir: str, rank: int) -> None:
+    """A rank's tensors for the parent (``rank_results``)."""
+    safetensors_torch.save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
+
+
+def rank_results(out_dir, world: int) -> List[dict]:
+    """What every rank saved with ``save_rank_result``, in rank order."""
+    return [safetensors_torch.load_file(os.path.join(str(out_dir), f"rank{r}.safetensors"))
+            for r in range(world)]
