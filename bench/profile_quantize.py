@@ -13,6 +13,7 @@ fit one 10-minute GPU call. Needs a GPU and the SmolLM2 GGUF (radio.models.load_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 import time
@@ -68,21 +69,18 @@ def main() -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in model.radio_report.seconds.items()))
     show(prof, "radio.quantize", args.rows)
 
-    if args.gptq:
+    for profiled in ((True, False) if args.gptq else ()):  # the profiler's own cost shows too
         model = copy.deepcopy(reference)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with (profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if profiled
+              else contextlib.nullcontext()) as prof:
             baselines.quantize_gptq(model, calib, bits=4, group_size=128)
             torch.cuda.synchronize()
-        print(f"GPTQ 4-bit g128: {time.perf_counter() - t:.2f} s under the profiler")
-        show(prof, "GPTQ", args.rows)
-        model = copy.deepcopy(reference)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        baselines.quantize_gptq(model, calib, bits=4, group_size=128)
-        torch.cuda.synchronize()
-        print(f"GPTQ 4-bit g128: {time.perf_counter() - t:.2f} s without the profiler")
+        print(f"GPTQ 4-bit g128: {time.perf_counter() - t:.2f} s "
+              f"{'under' if profiled else 'without'} the profiler")
+        if profiled:
+            show(prof, "GPTQ", args.rows)
         del model
 
     ids = tokenize(wikitext2_test(), tokenizer)
