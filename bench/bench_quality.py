@@ -43,7 +43,8 @@ Speed, and why the figures stay comparable:
 - Radio's calibration passes take 8 sequences at a time (`--activation-budget-gb`, 28 on CUDA)
   instead of the 4 that radio's default budget (a run near 20 GiB) allows for this model: the
   per-token estimator runs ~16 small passes per micro-batch and was bound by their launch
-  overhead (torch.profiler on the H100: 6.8 s of GPU time per round, ~12 s per round wall).
+  overhead (torch.profiler on the H100: 6.8 s of GPU time against 20.2 s of CPU time per
+  round; RESULTS.md session 5).
   The estimates do not depend on the split (random-sign signs are drawn per round).
 - Every radio point uses the same settings (rounds x sequences x tokens, printed in the table
   header); nothing is reduced for variants or the series.
