@@ -194,6 +194,9 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--static-cache", action="store_true",
                    help="time the step against a StaticCache of --context positions")
+    p.add_argument("--compare-fmma", action="store_true",
+                   help="also time each radio model with the fmma kernel switched the other way "
+                        "(radio._cuda.set_fmma_tokens), in the same run")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -216,11 +219,22 @@ def main(argv=None) -> int:
               f"   ({how})", flush=True)
         for bpw in args.bits:
             achieved = swap_in_radio(model, bpw)
-            ms, how = decode_step_ms(model, args.context, use_cache)
-            rows.append(dict(model=name, weights="radio", bpw=achieved, ms=ms,
-                             tokens_per_s=1e3 / ms, speedup=ms16 / ms, step=how))
-            print(f"{name:>18} {'radio':>9} {achieved:>7.3f} {ms:>9.3f} {1e3 / ms:>9.1f} "
-                  f"{ms16 / ms:>7.2f}x   ({how})", flush=True)
+            from radio._ext import _cuda
+            default_fmma = _cuda.fmma_tokens()  # (min, max): 1-token decode outside by default
+            variants = [("radio", default_fmma)]
+            if args.compare_fmma:
+                one_on = default_fmma[0] <= 1 <= default_fmma[1]
+                variants.append(("radio-nofmma", (1, 0)) if one_on else ("radio-fmma", (1, 32)))
+            for label, fmma_range in variants:
+                _cuda.set_fmma_tokens(*fmma_range)
+                try:
+                    ms, how = decode_step_ms(model, args.context, use_cache)
+                finally:
+                    _cuda.set_fmma_tokens(*default_fmma)
+                rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,
+                                 tokens_per_s=1e3 / ms, speedup=ms16 / ms, step=how))
+                print(f"{name:>18} {label:>9} {achieved:>7.3f} {ms:>9.3f} {1e3 / ms:>9.1f} "
+                      f"{ms16 / ms:>7.2f}x   ({how})", flush=True)
         del model
         torch.cuda.empty_cache()
     if args.json:

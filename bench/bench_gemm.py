@@ -163,8 +163,10 @@ def copies_for(bytes_per_copy: int) -> int:
 
 
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
-        gemv_waves=(), compare_small: bool = False) -> None:
+        gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
+    default_fmma = _cuda.fmma_tokens()  # (min, max) token counts that take the fmma kernel
+    fmma_on, fmma_off = (1, 32), (1, 0)
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
                for _ in range(copies_for(2 * n * k))]
@@ -176,12 +178,17 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                 for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
             if not checked:
                 for t in sorted({1, 16, *[x for x in tokens_list if x <= 64]}):
-                    err = check(first, t, gen)
-                    status = "ok" if err < 4e-3 else "FAIL"
-                    print(f"check {n}x{k} {bpw} bpw tokens={t}: rel err {err:.2e} {status}",
-                          flush=True)
-                    if err >= 4e-3:
-                        sys.exit(f"radio disagrees with dequantize-then-matmul on {n}x{k}")
+                    for fmma_range in ([fmma_off, fmma_on] if compare_fmma and t <= 32
+                                       else [default_fmma]):
+                        _cuda.set_fmma_tokens(*fmma_range)
+                        err = check(first, t, gen)
+                        kernel = _cuda.config(t, n, k, GS)["kernel"]
+                        _cuda.set_fmma_tokens(*default_fmma)
+                        status = "ok" if err < 4e-3 else "FAIL"
+                        print(f"check {n}x{k} {bpw} bpw tokens={t} ({kernel}): rel err {err:.2e} "
+                              f"{status}", flush=True)
+                        if err >= 4e-3:
+                            sys.exit(f"radio disagrees with dequantize-then-matmul on {n}x{k}")
                 checked = True
             for tokens in ntok:
                 x = torch.randn(tokens, k, device="cuda", generator=gen).half()
@@ -196,16 +203,24 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 t16 = min(time_graph(f16_calls), time_graph(f16_calls))
                 paths = (["dequant", "kernel"] if tokens > 64 else
                          [_cuda.config(tokens, n, k, GS)["kernel"]])
+                extra = []
                 if compare_small and 1 < tokens <= 8:
-                    # the same token count on the other kernel
-                    paths.append("gemv" if paths[0] == "qmma" else "qmma")
+                    extra += ["gemv", "qmma"]  # the threshold between the two
+                if compare_fmma and tokens <= 32:
+                    # fmma side by side with the kernel this count takes without it
+                    _cuda.set_fmma_tokens(*fmma_off)
+                    extra += ["fmma", _cuda.config(tokens, n, k, GS)["kernel"]]
+                    _cuda.set_fmma_tokens(*default_fmma)
+                paths += [p for i, p in enumerate(extra) if p not in paths and p not in extra[:i]]
                 for path in paths:
                     ops.PREFILL_PATH = path if tokens > 64 else "dequant"
-                    if tokens <= 8:
+                    _cuda.set_fmma_tokens(*(fmma_on if path == "fmma" else fmma_off))
+                    if tokens <= 8 and path != "fmma":
                         _cuda.set_gemv_max_tokens(8 if path == "gemv" else 0)
                     trad = time_graph(radio_calls)
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_max_tokens(DEFAULT_GEMV_MAX_TOKENS)
+                    _cuda.set_fmma_tokens(*default_fmma)
                     read = kernel_read_bytes(first, tokens)
                     row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
                                tokens=tokens, path=path, f16_us=round(t16, 2),
@@ -222,14 +237,20 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 x = torch.randn(1, k, device="cuda", generator=gen).half()
                 radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
                                for i in range(max(len(layers), 20))]
-                for waves in gemv_waves:
-                    _cuda.set_gemv_waves(waves)
-                    cfg = _cuda.config(1, n, k, GS)
-                    trad = time_graph(radio_calls)
-                    print(f"  gemv sweep {n}x{k}: waves {waves:>2} splits {cfg['splits']:>3} "
-                          f"units/block {cfg['units_per_split']:>3}: {trad:8.2f} us", flush=True)
-                    out_rows.append(dict(n=n, k=k, target_bpw=bpw, tokens=1, path="gemv-sweep",
-                                         waves=waves, splits=cfg["splits"], radio_us=trad))
+                # (the fmma kernel splits K by the same waves knob)
+                for fmma_range in [fmma_off] + ([fmma_on] if compare_fmma else []):
+                    _cuda.set_fmma_tokens(*fmma_range)
+                    for waves in gemv_waves:
+                        _cuda.set_gemv_waves(waves)
+                        cfg = _cuda.config(1, n, k, GS)
+                        trad = time_graph(radio_calls)
+                        print(f"  {cfg['kernel']} sweep {n}x{k}: waves {waves:>2} splits "
+                              f"{cfg['splits']:>3} units/block {cfg['units_per_split']:>3}: "
+                              f"{trad:8.2f} us", flush=True)
+                        out_rows.append(dict(n=n, k=k, target_bpw=bpw, tokens=1,
+                                             path=f"{cfg['kernel']}-sweep", waves=waves,
+                                             splits=cfg["splits"], radio_us=trad))
+                _cuda.set_fmma_tokens(*default_fmma)
                 _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES)
             del layers, first
         del w16
@@ -243,6 +264,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="token counts (1..64)")
     ap.add_argument("--compare-small", action="store_true",
                     help="time 2..8 tokens on both the gemv and the qmma kernel (the threshold)")
+    ap.add_argument("--compare-fmma", action="store_true",
+                    help="time 1..32 tokens on the fmma kernel and on the kernel (gemv or qmma) "
+                         "they take without it, side by side")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -261,7 +285,7 @@ def main() -> None:
     rows: list = []
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
-        args.compare_small)
+        args.compare_small, args.compare_fmma)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -71,10 +71,11 @@ if [ "$MODE" = profile ] || [ "$MODE" = tests-profile ]; then
 elif [ "$MODE" = full ]; then
   timeout 420 python3 bench/bench_gemm.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 else
-  timeout 240 python3 bench/bench_gemm.py --quick --tokens 1 4 8 16 --compare-small --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  timeout 300 python3 bench/bench_gemm.py --quick --tokens 1 2 4 8 16 32 --compare-small --compare-fmma \
+    ${GEMV_WAVES:+--gemv-waves $GEMV_WAVES} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if [ "$MODE" = quick ] || [ "$MODE" = full ] || [ "$MODE" = quick-profile ]; then
   step "end-to-end decode (batch 1, CUDA graphs)"
-  timeout 240 python3 bench/bench_decode.py --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log"
+  timeout 240 python3 bench/bench_decode.py --compare-fmma --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log"
 fi
 step "done"

@@ -8,6 +8,7 @@
 
 #include "common.cuh"
 #include "dequant_kernel.cuh"
+#include "fmma_kernel.cuh"
 #include "gemv_kernel.cuh"
 #include "qmma_kernel.cuh"
 #include "ops.hpp"
@@ -42,6 +43,19 @@ cudaError_t launch_qmma_instance(const QmmaParams& p, const QlinearConfig& c,
     if (err != cudaSuccess) return err;
   }
   qmma_kernel<Act, kTokTiles><<<grid, c.threads, c.smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename Act, int kTT>
+cudaError_t launch_fmma_instance(const FmmaParams& p, const QlinearConfig& c,
+                                 cudaStream_t stream) {
+  const dim3 grid(c.grid_x, c.grid_y);
+  if (c.smem_bytes > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        fmma_kernel<Act, kTT>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes);
+    if (err != cudaSuccess) return err;
+  }
+  fmma_kernel<Act, kTT><<<grid, c.threads, c.smem_bytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -91,6 +105,9 @@ cudaError_t launch_gemv(const GemvParams& p, const QlinearConfig& c, cudaStream_
 template <typename Act>
 cudaError_t launch_qmma(const QmmaParams& p, const QlinearConfig& c, cudaStream_t stream);
 
+template <typename Act>
+cudaError_t launch_fmma(const FmmaParams& p, const QlinearConfig& c, cudaStream_t stream);
+
 #define RADIO_INSTANTIATE_GEMV(Act)                                                            \
   template <>                                                                                  \
   cudaError_t launch_gemv<Act>(const GemvParams& p, const QlinearConfig& c, cudaStream_t s) {  \
@@ -105,6 +122,14 @@ cudaError_t launch_qmma(const QmmaParams& p, const QlinearConfig& c, cudaStream_
   cudaError_t launch_qmma<Act>(const QmmaParams& p, const QlinearConfig& c, cudaStream_t s) {  \
     return c.tok_tiles <= 2 ? launch_qmma_instance<Act, 2>(p, c, s)                            \
                             : launch_qmma_instance<Act, 4>(p, c, s);                           \
+  }                                                                                            \
+  template <>                                                                                  \
+  cudaError_t launch_fmma<Act>(const FmmaParams& p, const QlinearConfig& c, cudaStream_t s) {  \
+    switch (c.tok_tiles) {                                                                     \
+      case 1: return launch_fmma_instance<Act, 1>(p, c, s);                                    \
+      case 2: return launch_fmma_instance<Act, 2>(p, c, s);                                    \
+      default: return launch_fmma_instance<Act, 4>(p, c, s);                                   \
+    }                                                                                          \
   }
 
 #define RADIO_INSTANTIATE_KERNELS(Act, kQ)                                                     \

@@ -144,6 +144,23 @@ PYBIND11_MODULE(_cuda, m) {
         radio::cuda::set_gemv_max_tokens(tokens);
       },
       py::arg("tokens"), "Benchmark tuning: token counts up to this take the gemv path.");
+  m.def(
+      "set_fmma_tokens",
+      [](int min_tokens, int max_tokens) {
+        RADIO_CHECK(min_tokens >= 1 && max_tokens >= 0 && max_tokens <= radio::cuda::kFmmaMaxTokens,
+                    "fmma token range must have min >= 1 and max in 0..", radio::cuda::kFmmaMaxTokens,
+                    ", got ", min_tokens, "..", max_tokens);
+        radio::cuda::set_fmma_tokens(min_tokens, max_tokens);
+      },
+      py::arg("min_tokens"), py::arg("max_tokens"),
+      "Benchmark tuning: token counts min..max take the fmma path (min > max: never).");
+  m.def(
+      "fmma_tokens",
+      [] {
+        const auto range = radio::cuda::fmma_tokens();
+        return py::make_tuple(range.first, range.second);
+      },
+      "The token range (min, max) the fmma path takes.");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -152,7 +169,7 @@ PYBIND11_MODULE(_cuda, m) {
       [](int tokens, int n, int k, int gs) {
         const auto c = qlinear_config(tokens, n, k, gs);
         py::dict d;
-        d["kernel"] = c.gemv ? "gemv" : c.qmma ? "qmma" : "mma";
+        d["kernel"] = c.fmma ? "fmma" : c.gemv ? "gemv" : c.qmma ? "qmma" : "mma";
         d["gemv_tokens"] = c.gemv_tokens;
         d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;

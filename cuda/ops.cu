@@ -145,6 +145,49 @@ std::string launch_qmma_as(QmmaParams& p, std::uintptr_t x, int m, const LayerPt
   return cuda_error(launch_qmma<Act>(p, c, s), "qmma launch");
 }
 
+// The fmma kernel's tables in its mma type M (fmma_kernel.cuh): T_B[q] of every depth, and the
+// pairs (T_B[q], T_B[q']) of depths 1..4 at entry q | q' << B, computed once per (M, quantizer).
+template <typename M>
+struct FmmaTables {
+  std::uint16_t table[512];
+  std::uint32_t pairs[kFmmaPairEntries];
+  explicit FmmaTables(Quant q) {
+    fill_table16<M>(q, table);
+    for (int b = 1; b <= kFmmaPairMaxDepth; ++b)
+      for (int e = 0; e < (1 << (2 * b)); ++e) {
+        const std::uint32_t lo = table[(1 << b) - 2 + (e & ((1 << b) - 1))];
+        const std::uint32_t hi = table[(1 << b) - 2 + (e >> b)];
+        pairs[pair_table_start(b) + e] = lo | (hi << 16);
+      }
+  }
+};
+
+template <typename Act>
+std::string launch_fmma_as(FmmaParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
+                           std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  using M = typename MmaTypeOf<Act>::type;
+  static const FmmaTables<M> laplace(Quant::kLaplace), uniform(Quant::kUniform);
+  const FmmaTables<M>& t = layer.quantizer == 0 ? laplace : uniform;
+  std::memcpy(p.table, t.table, sizeof p.table);
+  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+  if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
+  return cuda_error(launch_fmma<Act>(p, c, s), "fmma launch");
+}
+
+std::string fmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  FmmaParams p{};
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  // 16-byte unit copies need every unit to start on a 16-byte boundary and span whole 4-row
+  // groups: all chunks' rows a multiple of 4 (then every offset is too) and an aligned qweight.
+  p.copy16 = layer.gs % 4 == 0 && layer.n % 4 == 0 && layer.qweight % 16 == 0;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kHalf: return launch_fmma_as<__half>(p, x, m, layer, workspace, c, s);
+    case DType::kBFloat16: return launch_fmma_as<__nv_bfloat16>(p, x, m, layer, workspace, c, s);
+    default: return launch_fmma_as<float>(p, x, m, layer, workspace, c, s);
+  }
+}
+
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
   GemvParams p{};
@@ -174,6 +217,7 @@ std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
 std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
                     std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
                     std::uintptr_t stream) {
+  if (c.fmma) return fmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.qmma) return qmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   QlinearParams p{};

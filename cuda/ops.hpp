@@ -6,12 +6,14 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace radio::cuda {
 
 constexpr int kMaxKernelTokens = 64;  // tokens per block of the tensor-core kernel
 constexpr int kMaxBlockUnits = 1024;  // units of K one block walks (its depths/offsets in smem)
 constexpr int kGemvMaxTokens = 8;     // most tokens the gemv instances hold (default limit: 4)
+constexpr int kFmmaMaxTokens = 32;    // most tokens the fmma instances hold
 
 struct QlinearConfig {
   // The decode path (gemv_kernel.cuh, CUDA cores) for 1..4 tokens, qmma_kernel.cuh for 5..64;
@@ -21,6 +23,10 @@ struct QlinearConfig {
   // 5..64 tokens: decode to shared memory + tensor cores (qmma_kernel.cuh); tok_tiles of 8
   // tokens (2 or 4), token groups of 32 along grid z.
   bool qmma = false;
+  // 3..16 tokens (set_fmma_tokens): unit words by cp.async, pair-table decode into
+  // mma fragments (fmma_kernel.cuh); tok_tiles of 8 tokens (1, 2 or 4), one block per chunk and
+  // K split.
+  bool fmma = false;
   int grid_z = 1;
   int threads = 512;        // threads per block
   int tok_tiles = 1;        // mma: token tiles of 8 (template parameter): 1, 2, 4 or 8
@@ -60,6 +66,10 @@ void set_gemv_waves(int waves);
 // Largest token count the gemv path takes (default 4, at most kGemvMaxTokens; above it qmma):
 // the other knob of the benchmark's sweep.
 void set_gemv_max_tokens(int tokens);
+// Token counts the fmma path takes (default 3..16; min > max: never; max at most
+// kFmmaMaxTokens); checked before the gemv and qmma limits.
+void set_fmma_tokens(int min_tokens, int max_tokens);
+std::pair<int, int> fmma_tokens();
 int device_sm_count();  // -1 when CUDA cannot tell
 
 

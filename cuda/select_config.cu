@@ -11,6 +11,12 @@
 //   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
 //   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
 //   positions x 4 bytes) within kGemvXsBytes.
+// qlinear, 3..16 tokens (set_fmma_tokens; checked first), chunks of at most 256 rows:
+// unit words by cp.async, pair-table decode into mma fragments (fmma_kernel.cuh):
+// - token tiles of 8 (1, 2 or 4: template parameter), one warp per 16 rows of a chunk;
+// - K split: the gemv rule's waves at 2 blocks per SM (~80-110 KB of shared memory each), at
+//   least kFmmaMinUnits units per block (each block fills 43.5 KB of pair tables) and at most
+//   what keeps the block within kFmmaSmemBytes.
 // qlinear, 5..64 tokens with chunks of at most 256 rows: decode into shared memory + tensor cores
 // (qmma_kernel.cuh), the gemv split rule with 3 blocks per SM, token groups of 32 along grid z.
 // qlinear, otherwise (1..64 tokens with larger chunks, or the "kernel" prefill path: the older
@@ -65,6 +71,14 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // 4096x4096 and 49152x12288 at 3 and 4 bpw: 4 tokens 342 vs 386 us, 8 tokens 617 vs 437 us on
 // the larger shape; bench/KERNELS.md).
 int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
+// fmma for 3..16 tokens, from the H100 table of RESULTS.md session 7: 1 and 2 tokens are faster
+// on gemv (49152x12288 at 4 bpw, 2 tokens: 204 against 246 us), 3..16 on fmma (4 tokens: 252
+// against 319 on gemv; 8: 270 against 328 on qmma; 16: 354 against 348 at 4 bpw but 327 against
+// 334 at 3 bpw and 36 against 53 on 4096x4096); 32 tokens on the large layers on qmma (613
+// against 684).
+int g_fmma_min_tokens = 3, g_fmma_max_tokens = 16;  // set_fmma_tokens()
+constexpr int kFmmaMinUnits = 8;
+constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
 
 // The transposed x (transpose_x.cuh) after the zeroed part of the workspace, 256-byte aligned,
@@ -144,12 +158,45 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
   add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
+QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
+  QlinearConfig c;
+  c.fmma = true;
+  c.tok_tiles = m <= 8 ? 1 : m <= 16 ? 2 : 4;
+  c.threads = fmma_threads(gs);
+  const int units = ceil_div(k, 32);
+  const int chunks = ceil_div(n, gs);
+  const int resident = sm_count * 2;
+  const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks));
+  const int fixed = fmma_smem_bytes(gs, m, 0);
+  const int max_units = std::max(1, (kFmmaSmemBytes - fixed) / (m * 64 + 5));
+  c.units_per_split = std::clamp(ceil_div(units, want_splits), std::min(kFmmaMinUnits, units),
+                                 max_units);
+  c.splits = ceil_div(units, c.units_per_split);
+  c.grid_x = chunks;
+  c.grid_y = c.splits;
+  c.smem_bytes = fmma_smem_bytes(gs, m, c.units_per_split);
+  if (c.splits > 1) {
+    const std::int64_t partial = static_cast<std::int64_t>(n) * m * 4;
+    c.counters_offset = (partial + 255) / 256 * 256;
+    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(chunks) * 4;
+  }
+  if (m > 1) add_xt(c, k, 8 * c.tok_tiles, 1, 8 * c.tok_tiles);
+  c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
+  return c;
+}
 }  // namespace
 
+void set_fmma_tokens(int min_tokens, int max_tokens) {
+  g_fmma_min_tokens = min_tokens;
+  g_fmma_max_tokens = max_tokens;
+}
+std::pair<int, int> fmma_tokens() { return {g_fmma_min_tokens, g_fmma_max_tokens}; }
 void set_gemv_waves(int waves) { g_gemv_waves = waves; }
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
+  if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows)
+    return select_fmma_config(m, n, k, gs, sm_count);
   if (m <= g_gemv_max_tokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
   if (m <= kQmmaMaxTokens && gs <= kGemvMaxRows) return select_qmma_config(m, n, k, gs, sm_count);
   QlinearConfig c;

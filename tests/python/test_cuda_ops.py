@@ -61,19 +61,36 @@ def test_qlinear_matches_float64(n, k, gs, quantizer, dtype):
         assert err < BUDGET[dtype], (tokens, err)
 
 
-def test_gemv_up_to_eight_tokens_when_asked():
-    """The gemv instances for 5..8 tokens (taken only when set_gemv_max_tokens allows them)."""
+def test_gemv_and_qmma_when_fmma_is_off():
+    """The gemv instances for 2..8 tokens (5..8 only when set_gemv_max_tokens allows them) and
+    qmma for 5..64, which the default fmma range (3..16) takes over from."""
     layer, w64 = _layer(1000, 1100, 256, 0, seed=21)
+    before = _cuda.fmma_tokens()
     try:
+        _cuda.set_fmma_tokens(1, 0)
         _cuda.set_gemv_max_tokens(8)
-        for tokens in (5, 8):
+        for tokens in (2, 5, 8):
             assert _cuda.config(tokens, 1000, 1100, 256)["kernel"] == "gemv"
+            x = torch.randn(tokens, 1100, device="cuda").half()
+            y = ops.qlinear(x, **layer)
+            assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
+        _cuda.set_gemv_max_tokens(4)
+        for tokens in (5, 16):
+            assert _cuda.config(tokens, 1000, 1100, 256)["kernel"] == "qmma"
             x = torch.randn(tokens, 1100, device="cuda").half()
             y = ops.qlinear(x, **layer)
             assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
     finally:
         _cuda.set_gemv_max_tokens(4)
-    assert _cuda.config(8, 1000, 1100, 256)["kernel"] == "qmma"
+        _cuda.set_fmma_tokens(*before)
+    assert _cuda.config(8, 1000, 1100, 256)["kernel"] == "fmma"
+    for tokens, kernel in ((1, "gemv"), (2, "gemv"), (3, "fmma"), (17, "qmma")):
+        assert _cuda.config(tokens, 1000, 1100, 256)["kernel"] == kernel, tokens
+
+
+def _expected_kernel(tokens: int) -> str:
+    """The default routing for chunks of <= 256 rows (cuda/select_config.cu)."""
+    return "gemv" if tokens <= 2 else "fmma" if tokens <= 16 else "qmma"
 
 
 @pytest.mark.parametrize("depth", list(range(0, 9)))
@@ -99,13 +116,13 @@ def _raw_call(layer, x, y, stream):
 
 
 @pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 32, 256)])
-@pytest.mark.parametrize("tokens", [1, 3, 8, 16, 64])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16, 17, 64])
 def test_every_output_written_single_and_split(n, k, gs, tokens):
     """Poisoned output (NaN): every element must be overwritten, with and without a K split, on
-    both kernels (gemv for 1..4 tokens, qmma for 5..64)."""
+    the default kernels (gemv for 1..2 tokens, fmma for 3..16, qmma for 17..64)."""
     layer, w64 = _layer(n, k, gs, 0, seed=tokens)
     cfg = _cuda.config(tokens, n, k, gs)
-    assert cfg["kernel"] == ("gemv" if tokens <= 4 else "qmma"), cfg
+    assert cfg["kernel"] == _expected_kernel(tokens), cfg
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
     y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
     _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
@@ -214,6 +231,97 @@ def test_prefill_paths(quantizer, path, monkeypatch):
         x = torch.randn(150, 333, device="cuda").to(dtype)
         err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
         assert err < BUDGET[dtype], (dtype, err)
+
+
+@pytest.fixture
+def fmma_on():
+    """Every 1..32-token call on the fmma kernel (fmma_kernel.cuh) for the test's duration."""
+    before = _cuda.fmma_tokens()
+    _cuda.set_fmma_tokens(1, 32)
+    try:
+        yield
+    finally:
+        _cuda.set_fmma_tokens(*before)
+
+
+FMMA_TOKENS = [1, 2, 3, 8, 9, 16, 17, 32]
+
+
+@pytest.mark.parametrize("n,k,gs", [s for s in SHAPES if s[2] <= 256])
+@pytest.mark.parametrize("quantizer", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_fmma_matches_float64(n, k, gs, quantizer, dtype, fmma_on):
+    """The fmma kernel on awkward shapes: 4-byte copies where rows are not multiples of 4 (517
+    rows, 37 rows), 16-byte copies elsewhere, ragged last chunks, K not a multiple of 32."""
+    layer, w64 = _layer(n, k, gs, quantizer, seed=n * 5 + k + quantizer)
+    g = torch.Generator().manual_seed(n + k + 1)
+    for tokens in FMMA_TOKENS:
+        assert _cuda.config(tokens, n, k, gs)["kernel"] == "fmma"
+        x = torch.randn(tokens, k, generator=g).to(dtype).cuda()
+        y = ops.qlinear(x, **layer)
+        assert y.shape == (tokens, n) and y.dtype == dtype
+        assert torch.isfinite(y).all(), (tokens, "non-finite output")
+        err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (tokens, err)
+
+
+@pytest.mark.parametrize("depth", list(range(0, 9)))
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_fmma_every_single_depth(depth, quantizer, fmma_on):
+    """All units at one depth: pair tables (1..4), single tables (5..8), 0-bit (loc only)."""
+    layer, w64 = _layer(300, 200, 128, quantizer, seed=depth + 40, depth=depth)
+    for tokens in (1, 5, 16):
+        x = torch.randn(tokens, 200, generator=torch.Generator().manual_seed(depth)).half().cuda()
+        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[torch.float16], (tokens, err)
+
+
+@pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 32, 256), (517, 333, 64)])
+@pytest.mark.parametrize("tokens", [1, 4, 16, 32])
+def test_fmma_every_output_written(n, k, gs, tokens, fmma_on):
+    """Poisoned output (NaN) on the fmma kernel, with and without a K split."""
+    layer, w64 = _layer(n, k, gs, 0, seed=tokens + 60)
+    cfg = _cuda.config(tokens, n, k, gs)
+    assert cfg["kernel"] == "fmma", cfg
+    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
+    y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
+    _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert not torch.isnan(y).any(), cfg
+    assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16], cfg
+    assert (cfg["splits"] == 1) == (k <= 32 * cfg["units_per_split"]), cfg
+
+
+def test_fmma_sanitize_small(fmma_on):
+    """Small fmma launches of every copy width, token tile and dtype (run under compute-sanitizer
+    by the device script: -k sanitize_small)."""
+    for quantizer in (0, 1):
+        for (n, k, gs) in ((300, 77, 128), (1000, 1100, 256), (517, 333, 64)):
+            layer, w64 = _layer(n, k, gs, quantizer, seed=70 + quantizer)
+            for tokens, dtype in ((1, torch.float16), (3, torch.bfloat16), (16, torch.float32),
+                                  (32, torch.float16)):
+                x = torch.randn(tokens, k, device="cuda").to(dtype)
+                y = ops.qlinear(x, **layer)
+                err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
+                assert err < BUDGET[dtype], (n, k, tokens, dtype, err)
+
+
+def test_fmma_cuda_graph_replay(fmma_on):
+    layer, w64 = _layer(1000, 1100, 256, 0, seed=80)
+    for tokens in (1, 16):
+        static_x = torch.randn(tokens, 1100, device="cuda").half()
+        ops.qlinear(static_x, **layer)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = ops.qlinear(static_x, **layer)
+        for seed in range(2):
+            static_x.copy_(torch.randn(tokens, 1100, generator=torch.Generator().manual_seed(seed))
+                           .half().cuda())
+            graph.replay()
+            torch.cuda.synchronize()
+            err = rel_err(static_y, reference_y(static_x, w64, layer["bias"].cpu()))
+            assert err < BUDGET[torch.float16], (tokens, seed, err)
 
 
 # last: the error paths of the raw entry point
