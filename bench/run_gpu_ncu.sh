@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build radio, then ncu (stall reasons, scheduler, memory, occupancy) of the
 # qlinear kernels on 49152x12288 at NCU_BPW (default 4.0) for the token counts NCU_TOKENS
-# (default "1 16"), with the fmma kernel switched on (FMMA=32, the default) or off (FMMA=0).
+# (default "1 16"), with the fmma kernel taking 1..FMMA tokens (default 32; FMMA=0: off).
+# NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of fmma (CSV).
 # Usage (repository root, .deps carried): [FMMA=0] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
@@ -15,7 +16,7 @@ sys.path.insert(0, "bench")
 from bench_gemm import make_layer
 from radio import ops
 from radio._ext import _cuda
-_cuda.set_fmma_max_tokens(${FMMA:-32})
+_cuda.set_fmma_tokens(1, ${FMMA:-32})
 layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
     ops.qlinear(torch.randn(tokens, 12288, device="cuda").half(), **layer)
