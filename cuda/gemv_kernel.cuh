@@ -1,4 +1,4 @@
-// y = x @ W.T + b for a packed layer and 1..4 tokens (the decode path; instances up to 8): CUDA cores, f32
+// y = x @ W.T + b for a packed layer and 1..2 tokens (1..4 with fmma off; instances up to 8): CUDA cores, f32
 // accumulation, one thread per two rows of a chunk.
 //
 // Why not the tensor cores here: at a few tokens the mma tiles are mostly padding, and their

@@ -128,8 +128,8 @@ std::string prepare_xt(P& p, std::uintptr_t x, int m, int k, std::uintptr_t work
                     "transpose_x launch");
 }
 
-// The gemv and qmma launches for one activation type: x staged (transposed) first, then the
-// kernel; qmma's table in its mma type (f16 for f32 activations).
+// The gemv and qmma launches (fmma: launch_fmma_as) for one activation type: x staged
+// (transposed) first, then the kernel; qmma's table in its mma type (f16 for f32 activations).
 template <typename Act>
 std::string launch_gemv_as(GemvParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
                            std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
@@ -217,7 +217,8 @@ std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
 std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
                     std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
                     std::uintptr_t stream) {
-  if (c.fmma) return fmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
+  if (c.fmma)
+    return fmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.qmma) return qmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   QlinearParams p{};

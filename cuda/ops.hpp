@@ -42,7 +42,7 @@ struct QlinearConfig {
   std::int64_t workspace_bytes = 0;  // all of it: [partials + counters][xt]; 0 when neither
   std::int64_t zeroed_bytes = 0;     // f32 partials + counters (zeroed per call); 0 with one split
   std::int64_t counters_offset = 0;  // byte offset of the counters inside the workspace
-  // gemv (2..8 tokens) and qmma: x transposed to [xt_groups][k][xt_tokens] (transpose_x.cuh) at
+  // gemv (2..8 tokens), fmma (2..32) and qmma: x transposed to [xt_groups][k][xt_tokens] (transpose_x.cuh) at
   // xt_offset, with room for 4-byte activations; xt_tokens = 0: the kernel reads x itself.
   std::int64_t xt_offset = 0;
   int xt_tokens = 0, xt_groups = 0, xt_group_stride = 0;

@@ -1,5 +1,6 @@
-// y = x @ W.T + b for a packed layer and 5..64 tokens: the decode of the gemv path (one thread per
-// row, coalesced words, table lookups) feeding the tensor cores through shared memory.
+// y = x @ W.T + b for a packed layer and 17..64 tokens (5..64 with fmma off; fmma_kernel.cuh takes
+// 3..16 by default): the decode of the gemv path (one thread per row, coalesced words, table
+// lookups) feeding the tensor cores through shared memory.
 //
 // Why: the earlier tensor-core kernel (qlinear_kernel.cuh) decodes straight into mma fragments,
 // which makes every lane read a window of a row's bit string (4 word rows per load) and redo the
@@ -30,7 +31,7 @@
 
 namespace radio::cuda {
 
-constexpr int kQmmaMaxTokens = 64;     // this path takes 5..64 tokens
+constexpr int kQmmaMaxTokens = 64;     // the most tokens this path takes
 constexpr int kQmmaGroupTokens = 32;   // tokens per block (token groups along grid z)
 constexpr int kQmmaThreads = 128;      // 4 warps x 64 rows: chunks of up to 256 rows
 constexpr int kQmmaTileStride = 40;    // halves per tile row: 32 + 8, ldmatrix rows on distinct banks

@@ -1,7 +1,7 @@
 // x [m, k] -> xt [groups][k][tokens] (token-major per column, zero-padded tokens), run before the
-// gemv (2..8 tokens) and qmma (5..64 tokens) kernels.
+// gemv (2..8 tokens), fmma (2..32) and qmma (5..64 tokens) kernels.
 //
-// Why: both kernels stage xs[t][position] = scale * x[t, col_perm[position]]. Read from x, every
+// Why: the kernels stage xs[t][position] = scale * x[t, col_perm[position]]. Read from x, every
 // (position, token) is its own 2-byte gather from L2: 37.7M requests for 49152x12288 at 16
 // tokens, the size of the weight traffic in sectors. Read from xt, the tokens of a column are one
 // 16 .. 64-byte run: one or a few vector loads per position (load_token_column). With one token

@@ -1,4 +1,5 @@
-// Decode-path (gemv) instances for __nv_bfloat16 activations, tokens 1, 2, 4, 8 (launch.cuh).
+// Decode-path instances for __nv_bfloat16 activations (launch.cuh): gemv for 1, 2, 4, 8 tokens,
+// qmma and fmma for their token tiles.
 #include "../launch.cuh"
 
 namespace radio::cuda {
