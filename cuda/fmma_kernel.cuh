@@ -1,14 +1,16 @@
-// y = x @ W.T + b for a packed layer and 1..32 tokens: the unit words streamed into shared memory
-// by cp.async, decoded straight into mma.m16n8k16 A fragments from pair tables, f32 accumulators.
+// y = x @ W.T + b for a packed layer and 1..32 tokens (by default 3..16, select_config.cu): the
+// unit words streamed into shared memory by cp.async, decoded straight into mma.m16n8k16 A
+// fragments from pair tables, f32 accumulators.
 //
-// Why this and not the gemv kernel (gemv_kernel.cuh): at 1 token the gemv decode spends ~5.5
-// instructions and one shared-memory lookup per weight and row (shift, AND, LDS, FFMA); the issue
-// slots, the ALU pipe and the shared-memory pipe are all near their limits (bench/KERNELS.md
-// session 6). Here a lane decodes two weights with one shift, one LOP3 and one 32-bit lookup of a
-// pair table that holds (T_B[q_j], T_B[q_j+1]) as the two 16-bit halves of an A register, and one
-// mma instruction does 256 multiply-adds: ~0.1 warp instructions per weight against ~0.17, and
-// half the lookups. The tensor cores do not care that 7 of 8 token columns are padding at 1 token,
-// so 8..32 tokens cost about what 1 token costs (the 16-token path of the issue).
+// Why: the gemv kernel (gemv_kernel.cuh) spends ~5.5 instructions and one shared-memory lookup per
+// weight and row, and each more token adds an FMA per weight; qmma (qmma_kernel.cuh) decodes the
+// same way and then goes through shared memory. Here a lane decodes two weights with one shift,
+// one LOP3 and one 32-bit lookup of a pair table that holds (T_B[q_j], T_B[q_j+1]) as the two
+// 16-bit halves of an A register, and one mma does 256 multiply-adds whatever the token count up
+// to 8 per token tile. Measured (bench/KERNELS.md session 7): 4 to 16 tokens cost 1.06-1.5x
+// what 1 token costs, but the unit loop's overhead and the per-block set-up are two thirds of the
+// instructions (134 per warp and unit of 16 rows x 32 positions at 8 tokens), so at 1-2 tokens the
+// gemv kernel stays faster.
 //
 // The fragment mapping is decode.cuh's: lane (g, t) holds rows g and g + 8 of its warp's 16 rows
 // and the 8 consecutive unit positions 8t .. 8t+7, i.e. the bits [8tB, 8tB + 8B) of each row's

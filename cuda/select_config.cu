@@ -158,6 +158,15 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
   add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
+// Dynamic shared memory an fmma block may take: kFmmaSmemBytes, or less where the device allows
+// less per block (e.g. 99 KB on sm_86); 1 KB left for the static part.
+int fmma_smem_budget() {
+  const int optin = device_smem_per_block_optin();
+  return optin > 0 ? std::min(kFmmaSmemBytes, optin - 1024) : kFmmaSmemBytes;
+}
+// The tables, the ring and xs for at least one unit fit the budget.
+bool fmma_fits(int m, int gs) { return fmma_smem_bytes(gs, m, 1) <= fmma_smem_budget(); }
+
 QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c;
   c.fmma = true;
@@ -168,9 +177,10 @@ QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
   const int resident = sm_count * 2;
   const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks));
   const int fixed = fmma_smem_bytes(gs, m, 0);
-  const int max_units = std::max(1, (kFmmaSmemBytes - fixed) / (m * 64 + 5));
-  c.units_per_split = std::clamp(ceil_div(units, want_splits), std::min(kFmmaMinUnits, units),
-                                 max_units);
+  const int max_units = std::max(1, (fmma_smem_budget() - fixed) / (m * 64 + 5));
+  // (not std::clamp: its lower bound may exceed max_units for a chunk size not timed here)
+  c.units_per_split = std::min(
+      std::max(ceil_div(units, want_splits), std::min(kFmmaMinUnits, units)), max_units);
   c.splits = ceil_div(units, c.units_per_split);
   c.grid_x = chunks;
   c.grid_y = c.splits;
@@ -195,7 +205,7 @@ void set_gemv_waves(int waves) { g_gemv_waves = waves; }
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
-  if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows)
+  if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows && fmma_fits(m, gs))
     return select_fmma_config(m, n, k, gs, sm_count);
   if (m <= g_gemv_max_tokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
   if (m <= kQmmaMaxTokens && gs <= kGemvMaxRows) return select_qmma_config(m, n, k, gs, sm_count);
