@@ -261,6 +261,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two shapes, two rates")
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--rates", type=float, nargs="+", default=None,
+                    help="effective bits per weight (default: 2.5 3 3.5 4 4.5; --quick: 3 4)")
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="token counts (1..64)")
     ap.add_argument("--compare-small", action="store_true",
                     help="time 2..8 tokens on both the gemv and the qmma kernel (the threshold)")
@@ -279,7 +281,7 @@ def main() -> None:
           f"CUDA {torch.version.cuda}; read bandwidth {bw / 1e12:.3f} TB/s, copy bandwidth "
           f"(read+write) {copy_bw / 1e12:.3f} TB/s", flush=True)
     shapes = SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES
-    rates = [3.0, 4.0] if args.quick else RATES
+    rates = args.rates or ([3.0, 4.0] if args.quick else RATES)
     print(f"{'shape':>13} {'bpw':>6} {'tok':>5} {'f16 us':>10} {'radio us':>10} {'speedup':>9} "
           f"{'bw frac':>7} {'f16 bw':>7} path")
     rows: list = []

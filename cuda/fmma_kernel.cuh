@@ -1,4 +1,4 @@
-// y = x @ W.T + b for a packed layer and 1..32 tokens (by default 3..16, select_config.cu): the
+// y = x @ W.T + b for a packed layer and 1..32 tokens (by default 3..32, select_config.cu): the
 // unit words streamed into shared memory by cp.async, decoded straight into mma.m16n8k16 A
 // fragments from pair tables, f32 accumulators.
 //

@@ -23,7 +23,7 @@ struct QlinearConfig {
   // 5..64 tokens: decode to shared memory + tensor cores (qmma_kernel.cuh); tok_tiles of 8
   // tokens (2 or 4), token groups of 32 along grid z.
   bool qmma = false;
-  // 3..16 tokens (set_fmma_tokens): unit words by cp.async, pair-table decode into
+  // 3..32 tokens (set_fmma_tokens): unit words by cp.async, pair-table decode into
   // mma fragments (fmma_kernel.cuh); tok_tiles of 8 tokens (1, 2 or 4), one block per chunk and
   // K split.
   bool fmma = false;
@@ -66,7 +66,7 @@ void set_gemv_waves(int waves);
 // Largest token count the gemv path takes (default 4, at most kGemvMaxTokens; above it qmma):
 // the other knob of the benchmark's sweep.
 void set_gemv_max_tokens(int tokens);
-// Token counts the fmma path takes (default 3..16; min > max: never; max at most
+// Token counts the fmma path takes (default 3..32; min > max: never; max at most
 // kFmmaMaxTokens); checked before the gemv and qmma limits.
 void set_fmma_tokens(int min_tokens, int max_tokens);
 std::pair<int, int> fmma_tokens();

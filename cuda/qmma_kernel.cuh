@@ -1,5 +1,5 @@
-// y = x @ W.T + b for a packed layer and 17..64 tokens (5..64 with fmma off; fmma_kernel.cuh takes
-// 3..16 by default): the decode of the gemv path (one thread per row, coalesced words, table
+// y = x @ W.T + b for a packed layer and 33..64 tokens (5..64 with fmma off; fmma_kernel.cuh takes
+// 3..32 by default, but not 25..32 on very large layers): the decode of the gemv path (one thread per row, coalesced words, table
 // lookups) feeding the tensor cores through shared memory.
 //
 // Why: the earlier tensor-core kernel (qlinear_kernel.cuh) decodes straight into mma fragments,

@@ -11,7 +11,8 @@
 //   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
 //   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
 //   positions x 4 bytes) within kGemvXsBytes.
-// qlinear, 3..16 tokens (set_fmma_tokens; checked first), chunks of at most 256 rows:
+// qlinear, 3..32 tokens (set_fmma_tokens; checked first; 25..32 on very large layers go to qmma),
+// chunks of at most 256 rows:
 // unit words by cp.async, pair-table decode into mma fragments (fmma_kernel.cuh):
 // - token tiles of 8 (1, 2 or 4: template parameter), one warp per 16 rows of a chunk;
 // - K split: the gemv rule's waves at 2 blocks per SM (~80-110 KB of shared memory each), at
@@ -71,12 +72,14 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // 4096x4096 and 49152x12288 at 3 and 4 bpw: 4 tokens 342 vs 386 us, 8 tokens 617 vs 437 us on
 // the larger shape; bench/KERNELS.md).
 int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
-// fmma for 3..16 tokens, from the H100 table of RESULTS.md session 7: 1 and 2 tokens are faster
-// on gemv (49152x12288 at 4 bpw, 2 tokens: 204 against 246 us), 3..16 on fmma (4 tokens: 252
-// against 319 on gemv; 8: 270 against 328 on qmma; 16: 354 against 348 at 4 bpw but 327 against
-// 334 at 3 bpw and 36 against 53 on 4096x4096); 32 tokens on the large layers on qmma (613
-// against 684).
-int g_fmma_min_tokens = 3, g_fmma_max_tokens = 16;  // set_fmma_tokens()
+// fmma for 3..32 tokens, from the H100 tables of RESULTS.md session 7: 1 and 2 tokens are faster
+// on gemv (49152x12288 at 4 bpw, 2 tokens: 196 against 246 us), 3..32 on fmma (4 tokens: 250
+// against 305 on gemv; 8: 271 against 334 on qmma; 17..32 on every Llama shape, e.g. 4096x4096 at
+// 32 tokens 65 against 107), except 25..32 tokens on layers of more than kFmmaQmmaChunkUnits
+// chunks x units (49152x12288: 682 against 615 on qmma at 32 tokens; the 70B shapes, 28672
+// chunk-units, still 294-301 against 317-318 on fmma).
+int g_fmma_min_tokens = 3, g_fmma_max_tokens = 32;  // set_fmma_tokens()
+constexpr std::int64_t kFmmaQmmaChunkUnits = 32768;
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
@@ -205,7 +208,10 @@ void set_gemv_waves(int waves) { g_gemv_waves = waves; }
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
-  if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows && fmma_fits(m, gs))
+  const bool fmma_large_exception =
+      m > 24 && static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32) > kFmmaQmmaChunkUnits;
+  if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows &&
+      !fmma_large_exception && fmma_fits(m, gs))
     return select_fmma_config(m, n, k, gs, sm_count);
   if (m <= g_gemv_max_tokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
   if (m <= kQmmaMaxTokens && gs <= kGemvMaxRows) return select_qmma_config(m, n, k, gs, sm_count);

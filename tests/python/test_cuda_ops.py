@@ -63,7 +63,7 @@ def test_qlinear_matches_float64(n, k, gs, quantizer, dtype):
 
 def test_gemv_and_qmma_when_fmma_is_off():
     """The gemv instances for 2..8 tokens (5..8 only when set_gemv_max_tokens allows them) and
-    qmma for 5..64, which the default fmma range (3..16) takes over from."""
+    qmma for 5..64, which the default fmma range (3..32) takes over from."""
     layer, w64 = _layer(1000, 1100, 256, 0, seed=21)
     before = _cuda.fmma_tokens()
     try:
@@ -84,13 +84,17 @@ def test_gemv_and_qmma_when_fmma_is_off():
         _cuda.set_gemv_max_tokens(4)
         _cuda.set_fmma_tokens(*before)
     assert _cuda.config(8, 1000, 1100, 256)["kernel"] == "fmma"
-    for tokens, kernel in ((1, "gemv"), (2, "gemv"), (3, "fmma"), (17, "qmma")):
+    for tokens, kernel in ((1, "gemv"), (2, "gemv"), (3, "fmma"), (32, "fmma"), (33, "qmma")):
         assert _cuda.config(tokens, 1000, 1100, 256)["kernel"] == kernel, tokens
+    # 25..32 tokens on a layer above 32768 chunk-units (49152x12288: 192 x 384) stay on qmma
+    assert _cuda.config(24, 49152, 12288, 256)["kernel"] == "fmma"
+    assert _cuda.config(32, 49152, 12288, 256)["kernel"] == "qmma"
+    assert _cuda.config(32, 28672, 8192, 256)["kernel"] == "fmma"
 
 
 def _expected_kernel(tokens: int) -> str:
     """The default routing for chunks of <= 256 rows (cuda/select_config.cu)."""
-    return "gemv" if tokens <= 2 else "fmma" if tokens <= 16 else "qmma"
+    return "gemv" if tokens <= 2 else "fmma" if tokens <= 32 else "qmma"
 
 
 @pytest.mark.parametrize("depth", list(range(0, 9)))
@@ -116,10 +120,10 @@ def _raw_call(layer, x, y, stream):
 
 
 @pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 32, 256)])
-@pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16, 17, 64])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16, 17, 33, 64])
 def test_every_output_written_single_and_split(n, k, gs, tokens):
     """Poisoned output (NaN): every element must be overwritten, with and without a K split, on
-    the default kernels (gemv for 1..2 tokens, fmma for 3..16, qmma for 17..64)."""
+    the default kernels (gemv for 1..2 tokens, fmma for 3..32, qmma for 33..64)."""
     layer, w64 = _layer(n, k, gs, 0, seed=tokens)
     cfg = _cuda.config(tokens, n, k, gs)
     assert cfg["kernel"] == _expected_kernel(tokens), cfg
