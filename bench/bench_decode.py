@@ -220,11 +220,12 @@ def main(argv=None) -> int:
         for bpw in args.bits:
             achieved = swap_in_radio(model, bpw)
             from radio._ext import _cuda
-            default_fmma = _cuda.fmma_tokens()  # (min, max): 1-token decode outside by default
+            default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
             variants = [("radio", default_fmma)]
             if args.compare_fmma:
                 one_on = default_fmma[0] <= 1 <= default_fmma[1]
-                variants.append(("radio-nofmma", (1, 0)) if one_on else ("radio-fmma", (1, 32)))
+                variants.append(("radio-nofmma", (1, 0, 0)) if one_on
+                                else ("radio-fmma", (1, 32, 32)))
             for label, fmma_range in variants:
                 _cuda.set_fmma_tokens(*fmma_range)
                 try:

@@ -165,8 +165,8 @@ def copies_for(bytes_per_copy: int) -> int:
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
-    default_fmma = _cuda.fmma_tokens()  # (min, max) token counts that take the fmma kernel
-    fmma_on, fmma_off = (1, 32), (1, 0)
+    default_fmma = _cuda.fmma_tokens()  # (min, max, max on very large layers) for fmma
+    fmma_on, fmma_off = (1, 32, 32), (1, 0, 0)
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
                for _ in range(copies_for(2 * n * k))]
@@ -217,10 +217,15 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     _cuda.set_fmma_tokens(*(fmma_on if path == "fmma" else fmma_off))
                     if tokens <= 8 and path != "fmma":
                         _cuda.set_gemv_max_tokens(8 if path == "gemv" else 0)
-                    trad = time_graph(radio_calls)
+                    # the row is labelled with the kernel that runs, or not timed
+                    runs = _cuda.config(tokens, n, k, GS)["kernel"] if tokens <= 64 else path
+                    trad = time_graph(radio_calls) if runs == path else None
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_max_tokens(DEFAULT_GEMV_MAX_TOKENS)
                     _cuda.set_fmma_tokens(*default_fmma)
+                    if trad is None:
+                        print(f"  ({path} cannot take {n}x{k} at {tokens} tokens: {runs} would run)")
+                        continue
                     read = kernel_read_bytes(first, tokens)
                     row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
                                tokens=tokens, path=path, f16_us=round(t16, 2),

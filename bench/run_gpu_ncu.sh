@@ -16,7 +16,7 @@ sys.path.insert(0, "bench")
 from bench_gemm import make_layer
 from radio import ops
 from radio._ext import _cuda
-_cuda.set_fmma_tokens(1, ${FMMA:-32})
+_cuda.set_fmma_tokens(1, ${FMMA:-32}, ${FMMA:-32})
 layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
     ops.qlinear(torch.randn(tokens, 12288, device="cuda").half(), **layer)

@@ -146,21 +146,24 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("tokens"), "Benchmark tuning: token counts up to this take the gemv path.");
   m.def(
       "set_fmma_tokens",
-      [](int min_tokens, int max_tokens) {
-        RADIO_CHECK(min_tokens >= 1 && max_tokens >= 0 && max_tokens <= radio::cuda::kFmmaMaxTokens,
-                    "fmma token range must have min >= 1 and max in 0..", radio::cuda::kFmmaMaxTokens,
-                    ", got ", min_tokens, "..", max_tokens);
-        radio::cuda::set_fmma_tokens(min_tokens, max_tokens);
+      [](int min_tokens, int max_tokens, int large_max_tokens) {
+        const int most = radio::cuda::kFmmaMaxTokens;
+        RADIO_CHECK(min_tokens >= 1 && max_tokens >= 0 && max_tokens <= most &&
+                        large_max_tokens >= 0 && large_max_tokens <= most,
+                    "fmma token limits must be min >= 1 and max, large_max in 0..", most, ", got ",
+                    min_tokens, ", ", max_tokens, ", ", large_max_tokens);
+        radio::cuda::set_fmma_tokens(min_tokens, max_tokens, large_max_tokens);
       },
-      py::arg("min_tokens"), py::arg("max_tokens"),
-      "Benchmark tuning: token counts min..max take the fmma path (min > max: never).");
+      py::arg("min_tokens"), py::arg("max_tokens"), py::arg("large_max_tokens"),
+      "Benchmark tuning: token counts min..max take the fmma path (min > max: never), at most "
+      "large_max of them on layers above 32768 chunk-units.");
   m.def(
       "fmma_tokens",
       [] {
-        const auto range = radio::cuda::fmma_tokens();
-        return py::make_tuple(range.first, range.second);
+        const auto t = radio::cuda::fmma_tokens();
+        return py::make_tuple(t[0], t[1], t[2]);
       },
-      "The token range (min, max) the fmma path takes.");
+      "The fmma path's token limits (min, max, large_max).");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");

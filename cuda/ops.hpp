@@ -6,7 +6,7 @@
 
 #include <cstdint>
 #include <string>
-#include <utility>
+#include <array>
 
 namespace radio::cuda {
 
@@ -67,9 +67,10 @@ void set_gemv_waves(int waves);
 // the other knob of the benchmark's sweep.
 void set_gemv_max_tokens(int tokens);
 // Token counts the fmma path takes (default 3..32; min > max: never; max at most
-// kFmmaMaxTokens); checked before the gemv and qmma limits.
-void set_fmma_tokens(int min_tokens, int max_tokens);
-std::pair<int, int> fmma_tokens();
+// kFmmaMaxTokens), and the most it takes on layers above 32768 chunk-units (default 24);
+// checked before the gemv and qmma limits.
+void set_fmma_tokens(int min_tokens, int max_tokens, int large_max_tokens);
+std::array<int, 3> fmma_tokens();
 int device_sm_count();  // -1 when CUDA cannot tell
 
 

@@ -34,6 +34,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 
 #include "launch.cuh"
 
@@ -79,6 +80,7 @@ int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
 // chunks x units (49152x12288: 682 against 615 on qmma at 32 tokens; the 70B shapes, 28672
 // chunk-units, still 294-301 against 317-318 on fmma).
 int g_fmma_min_tokens = 3, g_fmma_max_tokens = 32;  // set_fmma_tokens()
+int g_fmma_large_max_tokens = 24;  // the most tokens fmma takes above kFmmaQmmaChunkUnits
 constexpr std::int64_t kFmmaQmmaChunkUnits = 32768;
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
@@ -199,17 +201,21 @@ QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
 }
 }  // namespace
 
-void set_fmma_tokens(int min_tokens, int max_tokens) {
+void set_fmma_tokens(int min_tokens, int max_tokens, int large_max_tokens) {
   g_fmma_min_tokens = min_tokens;
   g_fmma_max_tokens = max_tokens;
+  g_fmma_large_max_tokens = large_max_tokens;
 }
-std::pair<int, int> fmma_tokens() { return {g_fmma_min_tokens, g_fmma_max_tokens}; }
+std::array<int, 3> fmma_tokens() {
+  return {g_fmma_min_tokens, g_fmma_max_tokens, g_fmma_large_max_tokens};
+}
 void set_gemv_waves(int waves) { g_gemv_waves = waves; }
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   const bool fmma_large_exception =
-      m > 24 && static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32) > kFmmaQmmaChunkUnits;
+      m > g_fmma_large_max_tokens &&
+      static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32) > kFmmaQmmaChunkUnits;
   if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows &&
       !fmma_large_exception && fmma_fits(m, gs))
     return select_fmma_config(m, n, k, gs, sm_count);

@@ -67,7 +67,7 @@ def test_gemv_and_qmma_when_fmma_is_off():
     layer, w64 = _layer(1000, 1100, 256, 0, seed=21)
     before = _cuda.fmma_tokens()
     try:
-        _cuda.set_fmma_tokens(1, 0)
+        _cuda.set_fmma_tokens(1, 0, 0)
         _cuda.set_gemv_max_tokens(8)
         for tokens in (2, 5, 8):
             assert _cuda.config(tokens, 1000, 1100, 256)["kernel"] == "gemv"
@@ -241,7 +241,7 @@ def test_prefill_paths(quantizer, path, monkeypatch):
 def fmma_on():
     """Every 1..32-token call on the fmma kernel (fmma_kernel.cuh) for the test's duration."""
     before = _cuda.fmma_tokens()
-    _cuda.set_fmma_tokens(1, 32)
+    _cuda.set_fmma_tokens(1, 32, 32)
     try:
         yield
     finally:
