@@ -51,9 +51,16 @@ def _layer(n, k, gs, quantizer, seed, bias=True, depth=None):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_qlinear_matches_float64(n, k, gs, quantizer, dtype):
     layer, w64 = _layer(n, k, gs, quantizer, seed=n * 7 + k + quantizer)
-    g = torch.Generator().manual_seed(n + k)
-    for tokens in TOKENS:
-        x = torch.randn(tokens, k, generator=g).to(dtype).cuda()
+    _check_token_counts(layer, w64, dtype, TOKENS, torch.Generator().manual_seed(n + k))
+
+
+def _check_token_counts(layer, w64, dtype, token_counts, gen, kernel=None):
+    """qlinear against the float64 reference for each token count (on `kernel` when given)."""
+    n, k, gs = layer["out_features"], layer["in_features"], layer["rows_per_group"]
+    for tokens in token_counts:
+        if kernel is not None:
+            assert _cuda.config(tokens, n, k, gs)["kernel"] == kernel, tokens
+        x = torch.randn(tokens, k, generator=gen).to(dtype).cuda()
         y = ops.qlinear(x, **layer)
         assert y.shape == (tokens, n) and y.dtype == dtype
         assert torch.isfinite(y).all(), (tokens, "non-finite output")
@@ -258,15 +265,8 @@ def test_fmma_matches_float64(n, k, gs, quantizer, dtype, fmma_on):
     """The fmma kernel on awkward shapes: 4-byte copies where rows are not multiples of 4 (517
     rows, 37 rows), 16-byte copies elsewhere, ragged last chunks, K not a multiple of 32."""
     layer, w64 = _layer(n, k, gs, quantizer, seed=n * 5 + k + quantizer)
-    g = torch.Generator().manual_seed(n + k + 1)
-    for tokens in FMMA_TOKENS:
-        assert _cuda.config(tokens, n, k, gs)["kernel"] == "fmma"
-        x = torch.randn(tokens, k, generator=g).to(dtype).cuda()
-        y = ops.qlinear(x, **layer)
-        assert y.shape == (tokens, n) and y.dtype == dtype
-        assert torch.isfinite(y).all(), (tokens, "non-finite output")
-        err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
-        assert err < BUDGET[dtype], (tokens, err)
+    _check_token_counts(layer, w64, dtype, FMMA_TOKENS, torch.Generator().manual_seed(n + k + 1),
+                        kernel="fmma")
 
 
 @pytest.mark.parametrize("depth", list(range(0, 9)))
