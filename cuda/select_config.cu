@@ -78,7 +78,7 @@ int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
 // against 305 on gemv; 8: 271 against 334 on qmma; 17..32 on every Llama shape, e.g. 4096x4096 at
 // 32 tokens 65 against 107), except 25..32 tokens on layers of more than kFmmaQmmaChunkUnits
 // chunks x units (49152x12288: 682 against 615 on qmma at 32 tokens; the 70B shapes, 28672
-// chunk-units, still 294-301 against 317-318 on fmma).
+// chunk-units: 284-301 us on fmma against 306-318 on qmma).
 int g_fmma_min_tokens = 3, g_fmma_max_tokens = 32;  // set_fmma_tokens()
 int g_fmma_large_max_tokens = 24;  // the most tokens fmma takes above kFmmaQmmaChunkUnits
 constexpr std::int64_t kFmmaQmmaChunkUnits = 32768;
