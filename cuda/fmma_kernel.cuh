@@ -8,7 +8,7 @@
 // one LOP3 and one 32-bit lookup of a pair table that holds (T_B[q_j], T_B[q_j+1]) as the two
 // 16-bit halves of an A register, and one mma does 256 multiply-adds whatever the token count up
 // to 8 per token tile. Measured (bench/KERNELS.md session 7): 4 to 16 tokens cost 1.06-1.5x
-// what 1 token costs, but the unit loop's overhead and the per-block set-up are two thirds of the
+// what 1 token costs, but the unit loop's overhead and the per-block set-up are half of the
 // instructions (134 per warp and unit of 16 rows x 32 positions at 8 tokens), so at 1-2 tokens the
 // gemv kernel stays faster.
 //
