@@ -42,6 +42,7 @@
 
 #include <cstdint>
 
+#include "block_units.cuh"
 #include "common.cuh"
 #include "decode.cuh"
 #include "gemv_kernel.cuh"  // pair_table_start
@@ -230,16 +231,8 @@ __global__ void __launch_bounds__(512, 2) fmma_kernel(const FmmaParams p) {
   if (tid < kTokens) s_term[tid] = 0.f;
   __syncthreads();
   const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
-  int max_depth = 0;
-  for (int i = tid; i < n_units; i += nthreads) {
-    const int d = p.depth[chunk_unit0 + i];
-    s_depth[i] = static_cast<std::uint8_t>(d);
-    s_offset[i] = p.unit_offset[chunk_unit0 + i];
-    max_depth = max(max_depth, d);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) max_depth = max(max_depth, __shfl_xor_sync(0xffffffffu, max_depth, o));
-  if (lane == 0 && max_depth > 0) atomicMax(&s_max_depth, max_depth);
+  load_block_units(p.depth, p.unit_offset, chunk_unit0, n_units, tid, nthreads, lane, s_depth,
+                   s_offset, &s_max_depth);
   __syncthreads();  // depths and offsets: the first copies below read them
 
   // This thread's share of a unit copy. 16-byte path: 4 rows of one plane (8 planes x rows_c / 4
@@ -373,22 +366,8 @@ __global__ void __launch_bounds__(512, 2) fmma_kernel(const FmmaParams p) {
   }
   if (p.splits == 1) return;
 
-  // Last block of this chunk: the workspace rows are complete; write y in original row order.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_is_last = atomicAdd(&p.counters[chunk], 1) == p.splits - 1;
-  __syncthreads();
-  if (!s_is_last) return;
-  __threadfence();
-  for (int i = tid; i < rows_c * m; i += nthreads) {
-    const int row = i / m, t = i % m;
-    const std::int64_t prow = perm_row0 + row;
-    const int orig = p.row_perm[prow];
-    const float bias = p.bias ? __half2float(p.bias[orig]) : 0.f;
-    y[static_cast<std::int64_t>(t) * p.n + orig] =
-        from_float<Act>(__ldcg(p.workspace + prow * m + t) + bias);
-  }
-  if (tid == 0) p.counters[chunk] = 0;
+  write_k_split_rows<Act>(p.counters + chunk, p.splits, &s_is_last, p.workspace, m, rows_c, m,
+                          perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads);
 }
 
 }  // namespace radio::cuda

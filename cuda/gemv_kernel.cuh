@@ -1,5 +1,5 @@
-// y = x @ W.T + b for a packed layer and 1..2 tokens (1..4 with fmma off; instances up to 8): CUDA cores, f32
-// accumulation, one thread per two rows of a chunk.
+// y = x @ W.T + b for a packed layer and 1..2 tokens (1..4 with fmma off; instances up to 8): CUDA
+// cores, f32 accumulation, one thread per two rows of a chunk.
 //
 // Why not the tensor cores here: at a few tokens the mma tiles are mostly padding, and their
 // fragment layout makes each lane read a window of a row's bit string (4 word rows per load,
@@ -29,6 +29,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "block_units.cuh"
 #include "common.cuh"
 #include "decode.cuh"
 #include "ops.hpp"  // kGemvMaxTokens
@@ -237,16 +238,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   if (tid < kTokens) s_term[tid] = 0.f;
   __syncthreads();
   const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
-  int max_depth = 0;
-  for (int i = tid; i < n_units; i += nthreads) {
-    const int d = p.depth[chunk_unit0 + i];
-    s_depth[i] = static_cast<std::uint8_t>(d);
-    s_offset[i] = p.unit_offset[chunk_unit0 + i];
-    max_depth = max(max_depth, d);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) max_depth = max(max_depth, __shfl_xor_sync(0xffffffffu, max_depth, o));
-  if (lane == 0 && max_depth > 0) atomicMax(&s_max_depth, max_depth);
+  load_block_units(p.depth, p.unit_offset, chunk_unit0, n_units, tid, nthreads, lane, s_depth,
+                   s_offset, &s_max_depth);
 
   // Stage xs and the chunk term for the block's positions.
   const Act* xt = static_cast<const Act*>(p.xt);
@@ -351,22 +344,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   }
   if (p.splits == 1) return;
 
-  // Last block of this chunk: the workspace rows are complete; write y in original row order.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_is_last = atomicAdd(&p.counters[chunk], 1) == p.splits - 1;
-  __syncthreads();
-  if (!s_is_last) return;
-  __threadfence();
-  for (int i = tid; i < rows_c * m; i += nthreads) {
-    const int row = i / m, t = i % m;
-    const std::int64_t prow = perm_row0 + row;
-    const int orig = p.row_perm[prow];
-    const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
-    y[static_cast<std::int64_t>(t) * p.n + orig] =
-        from_float<Act>(__ldcg(p.workspace + prow * kTokens + t) + b);
-  }
-  if (tid == 0) p.counters[chunk] = 0;
+  write_k_split_rows<Act>(p.counters + chunk, p.splits, &s_is_last, p.workspace, kTokens, rows_c, m,
+                          perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads);
 }
 
 }  // namespace radio::cuda

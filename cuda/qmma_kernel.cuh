@@ -1,6 +1,6 @@
 // y = x @ W.T + b for a packed layer and 33..64 tokens (5..64 with fmma off; fmma_kernel.cuh takes
-// 3..32 by default, but not 25..32 on very large layers): the decode of the gemv path (one thread per row, coalesced words, table
-// lookups) feeding the tensor cores through shared memory.
+// 3..32 by default, but not 25..32 on very large layers): the decode of the gemv path (one thread
+// per row, coalesced words, table lookups) feeding the tensor cores through shared memory.
 //
 // Why: the earlier tensor-core kernel (qlinear_kernel.cuh) decodes straight into mma fragments,
 // which makes every lane read a window of a row's bit string (4 word rows per load) and redo the
@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "block_units.cuh"
 #include "common.cuh"
 #include "decode.cuh"
 #include "gemv_kernel.cuh"
@@ -139,16 +140,8 @@ __global__ void __launch_bounds__(kQmmaThreads) qmma_kernel(const QmmaParams p) 
   if (tid < kQmmaGroupTokens) s_term[tid] = 0.f;
   __syncthreads();
   const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
-  int max_depth = 0;
-  for (int i = tid; i < n_units; i += kQmmaThreads) {
-    const int d = p.depth[chunk_unit0 + i];
-    s_depth[i] = static_cast<std::uint8_t>(d);
-    s_offset[i] = p.unit_offset[chunk_unit0 + i];
-    max_depth = max(max_depth, d);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) max_depth = max(max_depth, __shfl_xor_sync(0xffffffffu, max_depth, o));
-  if (lane == 0 && max_depth > 0) atomicMax(&s_max_depth, max_depth);
+  load_block_units(p.depth, p.unit_offset, chunk_unit0, n_units, tid, kQmmaThreads, lane, s_depth,
+                   s_offset, &s_max_depth);
 
   // Stage xs (mma type) for the block's positions and tokens, and the chunk term.
   const Act* xt = static_cast<const Act*>(p.xt) + static_cast<std::int64_t>(blockIdx.z) * p.k * kTokens;
@@ -274,22 +267,9 @@ __global__ void __launch_bounds__(kQmmaThreads) qmma_kernel(const QmmaParams p) 
     }
   if (p.splits == 1) return;
 
-  __threadfence();
-  __syncthreads();
-  int* counter = p.counters + static_cast<std::int64_t>(blockIdx.z) * gridDim.x + chunk;
-  if (tid == 0) s_is_last = atomicAdd(counter, 1) == p.splits - 1;
-  __syncthreads();
-  if (!s_is_last) return;
-  __threadfence();
-  for (int i = tid; i < rows_c * m; i += kQmmaThreads) {
-    const int row = i / m, t = i % m;
-    const std::int64_t prow = perm_row0 + row;
-    const int orig = p.row_perm[prow];
-    const float bias = p.bias ? __half2float(p.bias[orig]) : 0.f;
-    y[static_cast<std::int64_t>(t) * p.n + orig] =
-        from_float<Act>(__ldcg(ws + prow * kQmmaGroupTokens + t) + bias);
-  }
-  if (tid == 0) *counter = 0;
+  write_k_split_rows<Act>(p.counters + static_cast<std::int64_t>(blockIdx.z) * gridDim.x + chunk,
+                          p.splits, &s_is_last, ws, kQmmaGroupTokens, rows_c, m, perm_row0,
+                          p.row_perm, p.bias, y, p.n, tid, kQmmaThreads);
 }
 
 }  // namespace radio::cuda

@@ -126,20 +126,28 @@ def _raw_call(layer, x, y, stream):
                   layer["quantizer"], ws.data_ptr(), ws.numel(), stream)
 
 
-@pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 32, 256)])
-@pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16, 17, 33, 64])
-def test_every_output_written_single_and_split(n, k, gs, tokens):
-    """Poisoned output (NaN): every element must be overwritten, with and without a K split, on
-    the default kernels (gemv for 1..2 tokens, fmma for 3..32, qmma for 33..64)."""
-    layer, w64 = _layer(n, k, gs, 0, seed=tokens)
+def _check_poisoned_output(layer_and_w64, tokens, kernel):
+    """y poisoned with NaN, one raw call on `kernel`: every element overwritten, y correct.
+    Returns the launch configuration."""
+    layer, w64 = layer_and_w64
+    n, k, gs = layer["out_features"], layer["in_features"], layer["rows_per_group"]
     cfg = _cuda.config(tokens, n, k, gs)
-    assert cfg["kernel"] == _expected_kernel(tokens), cfg
+    assert cfg["kernel"] == kernel, cfg
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
     y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
     _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     assert not torch.isnan(y).any(), cfg
     assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16], cfg
+    return cfg
+
+
+@pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 32, 256)])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16, 17, 33, 64])
+def test_every_output_written_single_and_split(n, k, gs, tokens):
+    """Poisoned output (NaN): every element must be overwritten, with and without a K split, on
+    the default kernels (gemv for 1..2 tokens, fmma for 3..32, qmma for 33..64)."""
+    cfg = _check_poisoned_output(_layer(n, k, gs, 0, seed=tokens), tokens, _expected_kernel(tokens))
     if k <= 32:
         assert cfg["splits"] == 1, cfg  # one unit: one split, the direct-write path
     else:
@@ -284,15 +292,7 @@ def test_fmma_every_single_depth(depth, quantizer, fmma_on):
 @pytest.mark.parametrize("tokens", [1, 4, 16, 32])
 def test_fmma_every_output_written(n, k, gs, tokens, fmma_on):
     """Poisoned output (NaN) on the fmma kernel, with and without a K split."""
-    layer, w64 = _layer(n, k, gs, 0, seed=tokens + 60)
-    cfg = _cuda.config(tokens, n, k, gs)
-    assert cfg["kernel"] == "fmma", cfg
-    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(3)).half().cuda()
-    y = torch.full((tokens, n), float("nan"), dtype=torch.float16, device="cuda")
-    _raw_call(layer, x, y, torch.cuda.current_stream().cuda_stream)
-    torch.cuda.synchronize()
-    assert not torch.isnan(y).any(), cfg
-    assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16], cfg
+    cfg = _check_poisoned_output(_layer(n, k, gs, 0, seed=tokens + 60), tokens, "fmma")
     assert (cfg["splits"] == 1) == (k <= 32 * cfg["units_per_split"]), cfg
 
 

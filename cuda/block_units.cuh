@@ -1,0 +1,62 @@
+// The start and the end every decode kernel's block shares (gemv_kernel.cuh, qmma_kernel.cuh,
+// fmma_kernel.cuh): the block's unit depths and offsets into shared memory, and the K split's
+// last-block write of y in original row order.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace radio::cuda {
+
+// Depths and word offsets of the block's n_units units (unit index chunk_unit0 on) into shared
+// memory, and the largest depth into *s_max_depth (zeroed and synchronised by the caller).
+__device__ __forceinline__ void load_block_units(const std::uint8_t* depth,
+                                                 const std::int32_t* unit_offset,
+                                                 std::int64_t chunk_unit0, int n_units, int tid,
+                                                 int nthreads, int lane, std::uint8_t* s_depth,
+                                                 std::int32_t* s_offset, int* s_max_depth) {
+  int max_depth = 0;
+  for (int i = tid; i < n_units; i += nthreads) {
+    const int d = depth[chunk_unit0 + i];
+    s_depth[i] = static_cast<std::uint8_t>(d);
+    s_offset[i] = unit_offset[chunk_unit0 + i];
+    max_depth = max(max_depth, d);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    max_depth = max(max_depth, __shfl_xor_sync(0xffffffffu, max_depth, o));
+  if (lane == 0 && max_depth > 0) atomicMax(s_max_depth, max_depth);
+}
+
+// After every block of a K split has added its f32 partials to the workspace (permuted row prow,
+// token t at ws[prow * ws_stride + t]): the chunk's last block (the one that brings *counter to
+// splits; it resets it) writes y[t, row_perm[prow]] = partial + bias for its rows_c rows and m
+// tokens. Every thread of the block calls this.
+template <typename Act>
+__device__ __forceinline__ void write_k_split_rows(int* counter, int splits, int* s_is_last,
+                                                   const float* ws, int ws_stride, int rows_c,
+                                                   int m, std::int64_t perm_row0,
+                                                   const std::int32_t* row_perm,
+                                                   const __half* bias, Act* y, int n, int tid,
+                                                   int nthreads) {
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) *s_is_last = atomicAdd(counter, 1) == splits - 1;
+  __syncthreads();
+  if (!*s_is_last) return;
+  __threadfence();
+  for (int i = tid; i < rows_c * m; i += nthreads) {
+    const int row = i / m, t = i % m;
+    const std::int64_t prow = perm_row0 + row;
+    const int orig = row_perm[prow];
+    const float b = bias ? __half2float(bias[orig]) : 0.f;
+    y[static_cast<std::int64_t>(t) * n + orig] =
+        from_float<Act>(__ldcg(ws + prow * ws_stride + t) + b);
+  }
+  if (tid == 0) *counter = 0;
+}
+
+}  // namespace radio::cuda
