@@ -1,6 +1,6 @@
-// The start and the end every decode kernel's block shares (gemv_kernel.cuh, qmma_kernel.cuh,
-// fmma_kernel.cuh): the block's unit depths and offsets into shared memory, and the K split's
-// last-block write of y in original row order.
+// What every decode kernel (gemv_kernel.cuh, qmma_kernel.cuh, fmma_kernel.cuh) shares: the
+// layer, activation and split fields of its parameters, the block's unit depths and offsets into
+// shared memory, and the K split's last-block write of y in original row order.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -10,6 +10,26 @@
 #include "common.cuh"
 
 namespace radio::cuda {
+
+// The first fields of GemvParams, QmmaParams and FmmaParams (each adds its tables after them).
+struct DecodeParams {
+  const void* x;                    // [m, k] in Act
+  const void* xt;                   // x transposed and zero-padded per kernel (transpose_x.cuh),
+                                    // or x itself at 1 token
+  const std::uint32_t* qweight;     // [W]
+  const __half* scale;              // [C, Kp]
+  const __half* loc;                // [C, Kp]
+  const std::uint8_t* depth;        // [C, U]
+  const std::int32_t* unit_offset;  // [C, U]
+  const std::int32_t* row_perm;     // [n]
+  const std::int32_t* col_perm;     // [C, Kp]
+  const __half* bias;               // [n] or null
+  void* y;                          // [m, n] in Act
+  float* workspace;                 // f32 partials per permuted row and token, zeroed (splits > 1)
+  int* counters;                    // per chunk (and token group), zeroed (splits > 1 only)
+  int m, n, k, gs, units, padded_k;
+  int units_per_split, splits;
+};
 
 // Depths and word offsets of the block's n_units units (unit index chunk_unit0 on) into shared
 // memory, and the largest depth into *s_max_depth (zeroed and synchronised by the caller).

@@ -61,22 +61,8 @@ constexpr int kFmmaPairMaxDepth = 4;
 constexpr int kFmmaPairEntries = 340;  // 4 + 16 + 64 + 256
 static_assert(pair_table_start(kFmmaPairMaxDepth + 1) == kFmmaPairEntries, "fmma pair table size");
 
-struct FmmaParams {
-  const void* x;
-  const void* xt;  // [k][8 * tiles] in Act (x transposed, zero-padded), or x itself at 1 token
-  const std::uint32_t* qweight;
-  const __half* scale;
-  const __half* loc;
-  const std::uint8_t* depth;
-  const std::int32_t* unit_offset;
-  const std::int32_t* row_perm;
-  const std::int32_t* col_perm;
-  const __half* bias;
-  void* y;
-  float* workspace;  // [n][m] f32, zeroed (splits > 1 only)
-  int* counters;     // [C], zeroed (splits > 1 only)
-  int m, n, k, gs, units, padded_k;
-  int units_per_split, splits;
+// xt: [k][8 * tiles] (x itself at 1 token); workspace: [n][m]; counters: [C].
+struct FmmaParams : DecodeParams {
   int copy16;       // 1: every unit's words are 16-byte aligned runs of whole 4-row groups
   std::uint32_t pair_table[kFmmaPairEntries];  // depths 1..4: (T_B[q], T_B[q']) in the mma type
   std::uint16_t table[512];                    // T_B[q] in the mma type (entry 2^B - 2 + q)

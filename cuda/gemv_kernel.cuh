@@ -49,22 +49,8 @@ static_assert(pair_table_start(kPairMaxDepth + 1) == kPairEntries, "pair table s
 // (up to 8 tokens) and two ints.
 constexpr int kGemvStaticSmemBytes = 512 * 4 + kPairEntries * 32 * 4 + 8 * 4 + 2 * 4;
 
-struct GemvParams {
-  const void* x;                    // [m, k] in Act
-  const void* xt;                   // [k, kTokens] in Act: x transposed, zero-padded (x if 1 token)
-  const std::uint32_t* qweight;     // [W]
-  const __half* scale;              // [C, Kp]
-  const __half* loc;                // [C, Kp]
-  const std::uint8_t* depth;        // [C, U]
-  const std::int32_t* unit_offset;  // [C, U]
-  const std::int32_t* row_perm;     // [n]
-  const std::int32_t* col_perm;     // [C, Kp]
-  const __half* bias;               // [n] or null
-  void* y;                          // [m, n] in Act
-  float* workspace;                 // [n, kTokens] f32, zeroed (splits > 1 only)
-  int* counters;                    // [C], zeroed (splits > 1 only)
-  int m, n, k, gs, units, padded_k;
-  int units_per_split, splits;
+// xt: [k, kTokens]; workspace: [n, kTokens]; counters: [C].
+struct GemvParams : DecodeParams {
   float table[512];  // T_B[q] of the layer's quantizer in f32 (entry 2^B - 2 + q), from the host
   std::uint32_t pair_table[kPairEntries];  // (T_B[q], T_B[q']) as f16 pairs, depths 1..3 (host)
 };

@@ -37,22 +37,8 @@ constexpr int kQmmaGroupTokens = 32;   // tokens per block (token groups along g
 constexpr int kQmmaThreads = 128;      // 4 warps x 64 rows: chunks of up to 256 rows
 constexpr int kQmmaTileStride = 40;    // halves per tile row: 32 + 8, ldmatrix rows on distinct banks
 
-struct QmmaParams {
-  const void* x;
-  const void* xt;  // [groups][k][kTokens] in Act: x transposed, zero-padded (transpose_x.cuh)
-  const std::uint32_t* qweight;
-  const __half* scale;
-  const __half* loc;
-  const std::uint8_t* depth;
-  const std::int32_t* unit_offset;
-  const std::int32_t* row_perm;
-  const std::int32_t* col_perm;
-  const __half* bias;
-  void* y;
-  float* workspace;  // [groups][n][32] f32, zeroed (splits > 1 only)
-  int* counters;     // [groups][C], zeroed (splits > 1 only)
-  int m, n, k, gs, units, padded_k;
-  int units_per_split, splits;
+// xt: [groups][k][kTokens]; workspace: [groups][n][32]; counters: [groups][C].
+struct QmmaParams : DecodeParams {
   std::uint16_t table[512];  // T_B[q] in the mma type (entry 2^B - 2 + q), from the host
 };
 
