@@ -69,29 +69,35 @@ void fill_table_f32(Quant q, float (&table)[512]) {
   std::memcpy(table, (q == Quant::kLaplace ? laplace : uniform).data(), sizeof table);
 }
 
-// The gemv kernel's pair table (gemv_kernel.cuh): entry q | q' << B of depth B <= 3 holds
-// (T_B[q], T_B[q']) as f16 (low, high), from the f32 table.
-void fill_pair_table(const float (&table)[512], std::uint32_t (&pairs)[kPairEntries]) {
-  for (int b = 1; b <= kPairMaxDepth; ++b)
-    for (int e = 0; e < (1 << (2 * b)); ++e) {
-      const __half lo = __float2half_rn(table[(1 << b) - 2 + (e & ((1 << b) - 1))]);
-      const __half hi = __float2half_rn(table[(1 << b) - 2 + (e >> b)]);
-      std::uint16_t lo_bits, hi_bits;
-      std::memcpy(&lo_bits, &lo, 2);
-      std::memcpy(&hi_bits, &hi, 2);
-      pairs[pair_table_start(b) + e] = lo_bits | (static_cast<std::uint32_t>(hi_bits) << 16);
-    }
-}
-
-// T_B[q] as 16-bit patterns of the mma type M, for either quantizer.
+// T_B[q] as 16-bit patterns of the mma type M (entry 2^B - 2 + q), and the pairs (T_B[q], T_B[q'])
+// of depths 1..kFmmaPairMaxDepth at entry q | q' << B (low, high half), computed once per (M,
+// quantizer) and copied into the kernels' parameters: fmma takes both, qmma and the older
+// tensor-core kernel the values, gemv the f16 pairs of depths 1..kPairMaxDepth (a prefix).
 template <typename M>
-void fill_table16(Quant q, std::uint16_t (&table)[512]) {
-  float f32[512];
-  fill_table_f32(q, f32);
-  for (int i = 0; i < 512; ++i) {
-    const M h = static_cast<M>(f32[i]);
-    std::memcpy(&table[i], &h, 2);
+struct Tables16 {
+  std::uint16_t table[512];
+  std::uint32_t pairs[kFmmaPairEntries];
+  explicit Tables16(Quant q) {
+    float f32[512];
+    fill_table_f32(q, f32);
+    for (int i = 0; i < 512; ++i) {
+      const M h = static_cast<M>(f32[i]);
+      std::memcpy(&table[i], &h, 2);
+    }
+    for (int b = 1; b <= kFmmaPairMaxDepth; ++b)
+      for (int e = 0; e < (1 << (2 * b)); ++e) {
+        const std::uint32_t lo = table[(1 << b) - 2 + (e & ((1 << b) - 1))];
+        const std::uint32_t hi = table[(1 << b) - 2 + (e >> b)];
+        pairs[pair_table_start(b) + e] = lo | (hi << 16);
+      }
   }
+};
+static_assert(kPairMaxDepth <= kFmmaPairMaxDepth, "gemv's pair table is a prefix of fmma's");
+
+template <typename M>
+const Tables16<M>& tables16(Quant q) {
+  static const Tables16<M> laplace(Quant::kLaplace), uniform(Quant::kUniform);
+  return q == Quant::kLaplace ? laplace : uniform;
 }
 
 // The fields every qlinear kernel's parameters share, and the zeroed workspace of a K split
@@ -140,34 +146,16 @@ std::string launch_gemv_as(GemvParams& p, std::uintptr_t x, int m, const LayerPt
 template <typename Act>
 std::string launch_qmma_as(QmmaParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
                            std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
-  fill_table16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer), p.table);
+  const auto& tables = tables16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer));
+  std::memcpy(p.table, tables.table, sizeof p.table);
   if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
   return cuda_error(launch_qmma<Act>(p, c, s), "qmma launch");
 }
 
-// The fmma kernel's tables in its mma type M (fmma_kernel.cuh): T_B[q] of every depth, and the
-// pairs (T_B[q], T_B[q']) of depths 1..4 at entry q | q' << B, computed once per (M, quantizer).
-template <typename M>
-struct FmmaTables {
-  std::uint16_t table[512];
-  std::uint32_t pairs[kFmmaPairEntries];
-  explicit FmmaTables(Quant q) {
-    fill_table16<M>(q, table);
-    for (int b = 1; b <= kFmmaPairMaxDepth; ++b)
-      for (int e = 0; e < (1 << (2 * b)); ++e) {
-        const std::uint32_t lo = table[(1 << b) - 2 + (e & ((1 << b) - 1))];
-        const std::uint32_t hi = table[(1 << b) - 2 + (e >> b)];
-        pairs[pair_table_start(b) + e] = lo | (hi << 16);
-      }
-  }
-};
-
 template <typename Act>
 std::string launch_fmma_as(FmmaParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
                            std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
-  using M = typename MmaTypeOf<Act>::type;
-  static const FmmaTables<M> laplace(Quant::kLaplace), uniform(Quant::kUniform);
-  const FmmaTables<M>& t = layer.quantizer == 0 ? laplace : uniform;
+  const auto& t = tables16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer));
   std::memcpy(p.table, t.table, sizeof p.table);
   std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
   if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
@@ -193,7 +181,8 @@ std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   GemvParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
-  fill_pair_table(p.table, p.pair_table);
+  std::memcpy(p.pair_table, tables16<__half>(static_cast<Quant>(layer.quantizer)).pairs,
+              sizeof p.pair_table);
   switch (static_cast<DType>(dtype)) {
     case DType::kHalf: return launch_gemv_as<__half>(p, x, m, layer, workspace, c, s);
     case DType::kBFloat16: return launch_gemv_as<__nv_bfloat16>(p, x, m, layer, workspace, c, s);
@@ -230,8 +219,10 @@ std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
   p.tok_groups = c.tok_groups;
   const Quant q = static_cast<Quant>(layer.quantizer);
   if (q == Quant::kLaplace) {
-    if (static_cast<DType>(dtype) == DType::kBFloat16) fill_table16<__nv_bfloat16>(q, p.lut);
-    else fill_table16<__half>(q, p.lut);
+    if (static_cast<DType>(dtype) == DType::kBFloat16)
+      std::memcpy(p.lut, tables16<__nv_bfloat16>(q).table, sizeof p.lut);
+    else
+      std::memcpy(p.lut, tables16<__half>(q).table, sizeof p.lut);
   }
   const bool lap = q == Quant::kLaplace;
   cudaError_t err;
