@@ -86,6 +86,13 @@ constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
 
+// A K split's zeroed workspace: `partials` f32 partial sums, then `counters` ints (the last-block
+// counters) from the next 256-byte boundary.
+void add_split_workspace(QlinearConfig& c, std::int64_t partials, std::int64_t counters) {
+  c.counters_offset = (partials * 4 + 255) / 256 * 256;
+  c.zeroed_bytes = c.counters_offset + counters * 4;
+}
+
 // The transposed x (transpose_x.cuh) after the zeroed part of the workspace, 256-byte aligned,
 // sized for 4-byte activations (the configuration does not know the dtype).
 void add_xt(QlinearConfig& c, int k, int tokens, int groups, int group_stride) {
@@ -125,11 +132,7 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   c.grid_x = chunks;
   c.grid_y = c.splits;
   c.smem_bytes = gemv_smem_bytes(c.gemv_tokens, c.units_per_split);
-  if (c.splits > 1) {
-    const std::int64_t partial = static_cast<std::int64_t>(n) * c.gemv_tokens * 4;
-    c.counters_offset = (partial + 255) / 256 * 256;
-    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(chunks) * 4;
-  }
+  if (c.splits > 1) add_split_workspace(c, static_cast<std::int64_t>(n) * c.gemv_tokens, chunks);
   if (c.gemv_tokens > 1) add_xt(c, k, c.gemv_tokens, 1, c.gemv_tokens);
   c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
   return c;
@@ -154,12 +157,9 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
   c.grid_x = chunks;
   c.grid_y = c.splits;
   c.smem_bytes = qmma_smem_bytes(tokens, c.units_per_split);
-  if (c.splits > 1) {
-    const std::int64_t partial =
-        static_cast<std::int64_t>(c.grid_z) * n * kQmmaGroupTokens * 4;
-    c.counters_offset = (partial + 255) / 256 * 256;
-    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_z) * chunks * 4;
-  }
+  if (c.splits > 1)
+    add_split_workspace(c, static_cast<std::int64_t>(c.grid_z) * n * kQmmaGroupTokens,
+                        static_cast<std::int64_t>(c.grid_z) * chunks);
   add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
@@ -169,10 +169,8 @@ int fmma_smem_budget() {
   const int optin = device_smem_per_block_optin();
   return optin > 0 ? std::min(kFmmaSmemBytes, optin - 1024) : kFmmaSmemBytes;
 }
-// The tables, the ring and xs for at least one unit fit the budget.
-bool fmma_fits(int m, int gs) { return fmma_smem_bytes(gs, m, 1) <= fmma_smem_budget(); }
-
-QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
+// budget: fmma_smem_budget(), queried once per call by select_qlinear_config.
+QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count, int budget) {
   QlinearConfig c;
   c.fmma = true;
   c.tok_tiles = m <= 8 ? 1 : m <= 16 ? 2 : 4;
@@ -182,7 +180,7 @@ QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
   const int resident = sm_count * 2;
   const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks));
   const int fixed = fmma_smem_bytes(gs, m, 0);
-  const int max_units = std::max(1, (fmma_smem_budget() - fixed) / (m * 64 + 5));
+  const int max_units = std::max(1, (budget - fixed) / (m * 64 + 5));
   // (not std::clamp: its lower bound may exceed max_units for a chunk size not timed here)
   c.units_per_split = std::min(
       std::max(ceil_div(units, want_splits), std::min(kFmmaMinUnits, units)), max_units);
@@ -190,11 +188,7 @@ QlinearConfig select_fmma_config(int m, int n, int k, int gs, int sm_count) {
   c.grid_x = chunks;
   c.grid_y = c.splits;
   c.smem_bytes = fmma_smem_bytes(gs, m, c.units_per_split);
-  if (c.splits > 1) {
-    const std::int64_t partial = static_cast<std::int64_t>(n) * m * 4;
-    c.counters_offset = (partial + 255) / 256 * 256;
-    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(chunks) * 4;
-  }
+  if (c.splits > 1) add_split_workspace(c, static_cast<std::int64_t>(n) * m, chunks);
   if (m > 1) add_xt(c, k, 8 * c.tok_tiles, 1, 8 * c.tok_tiles);
   c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
   return c;
@@ -217,8 +211,12 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
       m > g_fmma_large_max_tokens &&
       static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32) > kFmmaQmmaChunkUnits;
   if (m >= g_fmma_min_tokens && m <= g_fmma_max_tokens && gs <= kFmmaMaxRows &&
-      !fmma_large_exception && fmma_fits(m, gs))
-    return select_fmma_config(m, n, k, gs, sm_count);
+      !fmma_large_exception) {
+    // fmma only where the tables, the ring and xs for one unit fit the device's block limit
+    const int budget = fmma_smem_budget();
+    if (fmma_smem_bytes(gs, m, 1) <= budget)
+      return select_fmma_config(m, n, k, gs, sm_count, budget);
+  }
   if (m <= g_gemv_max_tokens && gs <= kGemvMaxRows) return select_gemv_config(m, n, k, gs, sm_count);
   if (m <= kQmmaMaxTokens && gs <= kGemvMaxRows) return select_qmma_config(m, n, k, gs, sm_count);
   QlinearConfig c;
@@ -246,9 +244,7 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   c.grid_y = c.splits;
   c.smem_bytes = qlinear_smem_bytes(c.tok_tiles, c.slice_units, c.units_per_split);
   if (c.splits > 1) {
-    const std::int64_t partial = static_cast<std::int64_t>(n) * tokens * 4;
-    c.counters_offset = (partial + 255) / 256 * 256;
-    c.zeroed_bytes = c.counters_offset + static_cast<std::int64_t>(c.grid_x) * 4;
+    add_split_workspace(c, static_cast<std::int64_t>(n) * tokens, c.grid_x);
     c.workspace_bytes = c.zeroed_bytes;
   }
   return c;
