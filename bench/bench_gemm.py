@@ -265,6 +265,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two shapes, two rates")
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
+                    help="layer shapes out x in (default: the seven of SHAPES; --quick: two)")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--rates", type=float, nargs="+", default=None,
                     help="effective bits per weight (default: 2.5 3 3.5 4 4.5; --quick: 3 4)")
@@ -285,7 +287,10 @@ def main() -> None:
     print(f"device: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
           f"CUDA {torch.version.cuda}; read bandwidth {bw / 1e12:.3f} TB/s, copy bandwidth "
           f"(read+write) {copy_bw / 1e12:.3f} TB/s", flush=True)
-    shapes = SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in sh.lower().split("x")) for sh in args.shapes]
+    else:
+        shapes = SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES
     rates = args.rates or ([3.0, 4.0] if args.quick else RATES)
     print(f"{'shape':>13} {'bpw':>6} {'tok':>5} {'f16 us':>10} {'radio us':>10} {'speedup':>9} "
           f"{'bw frac':>7} {'f16 bw':>7} path")

@@ -2,8 +2,9 @@
 # One device call: build radio (radio._core + radio._cuda for sm_90) on the GPU machine, run the
 # CPU and CUDA op tests, compute-sanitizer on a small case, and the kernel benchmark. Logs go to
 # $OUT (the device tool brings them back). Usage (from the repository root, with .deps carried):
-#   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile]
-# (tests-profile: build, tests, memcheck and ncu only: no benchmark)
+#   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile|custom]
+# (tests-profile: build, tests, memcheck and ncu only: no benchmark; custom: bench_gemm.py with
+# the arguments in BENCH_ARGS, then bench_decode.py --compare-fmma if DECODE=1)
 # The build is bench/gpu_build.sh's.
 set -uo pipefail
 MODE=${1:-quick}
@@ -68,13 +69,16 @@ fi
 step "benchmark ($MODE)"
 if [ "$MODE" = profile ] || [ "$MODE" = tests-profile ]; then
   echo "(benchmark skipped)"
+elif [ "$MODE" = custom ]; then
+  timeout "${BENCH_TIMEOUT:-300}" python3 bench/bench_gemm.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 \
+    | tee "$OUT/bench.log"
 elif [ "$MODE" = full ]; then
   timeout 420 python3 bench/bench_gemm.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 else
   timeout 300 python3 bench/bench_gemm.py --quick --tokens 1 2 4 8 16 32 --compare-small --compare-fmma \
     ${GEMV_WAVES:+--gemv-waves $GEMV_WAVES} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
-if [ "$MODE" = quick ] || [ "$MODE" = full ] || [ "$MODE" = quick-profile ]; then
+if [ "$MODE" = quick ] || [ "$MODE" = full ] || [ "$MODE" = quick-profile ] || [ -n "${DECODE:-}" ]; then
   step "end-to-end decode (batch 1, CUDA graphs)"
   timeout 240 python3 bench/bench_decode.py --compare-fmma --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log"
 fi
