@@ -262,10 +262,19 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         torch.cuda.empty_cache()
 
 
+def layer_shape(text: str) -> tuple:
+    """argparse type of --shapes: 'NxK' (out x in features, both positive) -> (N, K)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not NxK with positive integers, "
+                                         "e.g. 4096x11008")
+    return int(parts[0]), int(parts[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two shapes, two rates")
-    ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
+    ap.add_argument("--shapes", nargs="+", type=layer_shape, default=None, metavar="NxK",
                     help="layer shapes out x in (default: the seven of SHAPES; --quick: two)")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--rates", type=float, nargs="+", default=None,
@@ -287,10 +296,7 @@ def main() -> None:
     print(f"device: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
           f"CUDA {torch.version.cuda}; read bandwidth {bw / 1e12:.3f} TB/s, copy bandwidth "
           f"(read+write) {copy_bw / 1e12:.3f} TB/s", flush=True)
-    if args.shapes:
-        shapes = [tuple(int(v) for v in sh.lower().split("x")) for sh in args.shapes]
-    else:
-        shapes = SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES
+    shapes = args.shapes or (SHAPES[:1] + SHAPES[-1:] if args.quick else SHAPES)
     rates = args.rates or ([3.0, 4.0] if args.quick else RATES)
     print(f"{'shape':>13} {'bpw':>6} {'tok':>5} {'f16 us':>10} {'radio us':>10} {'speedup':>9} "
           f"{'bw frac':>7} {'f16 bw':>7} path")

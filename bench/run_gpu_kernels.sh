@@ -4,7 +4,8 @@
 # $OUT (the device tool brings them back). Usage (from the repository root, with .deps carried):
 #   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile|custom]
 # (tests-profile: build, tests, memcheck and ncu only: no benchmark; custom: bench_gemm.py with
-# the arguments in BENCH_ARGS, then bench_decode.py --compare-fmma if DECODE=1)
+# the arguments in BENCH_ARGS, timeout BENCH_TIMEOUT s). DECODE=1 adds the end-to-end decode
+# benchmark to any mode that runs one (quick, full and quick-profile always run it).
 # The build is bench/gpu_build.sh's.
 set -uo pipefail
 MODE=${1:-quick}
