@@ -5,7 +5,8 @@
 #   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile|custom]
 # (tests-profile: build, tests, memcheck and ncu only: no benchmark; custom: bench_gemm.py with
 # the arguments in BENCH_ARGS, timeout BENCH_TIMEOUT s). DECODE=1 adds the end-to-end decode
-# benchmark to any mode that runs one (quick, full and quick-profile always run it).
+# benchmark to any mode that runs one (quick, full and quick-profile always run it). SMOKE=EXPR
+# first runs the CUDA op tests matching EXPR (pytest -x -k, 120 s) and stops on a failure or hang.
 # The build is bench/gpu_build.sh's.
 set -uo pipefail
 MODE=${1:-quick}
@@ -24,6 +25,13 @@ step "build"
 source bench/gpu_build.sh
 radio_gpu_build "$OUT/build.log" || exit 1
 python3 -c 'import radio, radio._cuda as c; print("radio._cuda", c.__file__, "runtime", c.runtime_version()); print(c.config(1, 4096, 4096, 256)); print(c.config(16, 49152, 12288, 256))'
+
+if [ -n "${SMOKE:-}" ]; then
+  step "smoke tests (-k $SMOKE)"
+  timeout 120 python3 -m pytest -x -q -p no:cacheprovider tests/python/test_cuda_ops.py -k "$SMOKE" \
+    2>&1 | tee "$OUT/smoke.log" | tail -30
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "SMOKE FAILED"; exit 1; }
+fi
 
 step "tests"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py \
