@@ -40,6 +40,14 @@ GS = 256
 L2_BYTES = 50 * 2 ** 20
 DEFAULT_GEMV_WAVES = 6  # cuda/select_config.cu
 DEFAULT_GEMV_MAX_TOKENS = 4  # cuda/select_config.cu
+DEFAULT_STREAM_GROUPS = 2  # cuda/select_config.cu
+DEFAULT_STREAM_STAGERS = 2  # stager warps per xs buffer, cuda/select_config.cu
+
+
+def stream_setting(path: str) -> tuple:
+    """'stream<groups>' or 'stream<groups>s<stagers per buffer>' -> (groups, stagers)."""
+    groups, _, stagers = path[len("stream"):].partition("s")
+    return int(groups), int(stagers) if stagers else DEFAULT_STREAM_STAGERS
 
 
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
@@ -163,10 +171,13 @@ def copies_for(bytes_per_copy: int) -> int:
 
 
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
-        gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False) -> None:
+        gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
+        stream_groups=(), stream_stagers=()) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_fmma = _cuda.fmma_tokens()  # (min, max, max on very large layers) for fmma
     fmma_on, fmma_off = (1, 32, 32), (1, 0, 0)
+    default_stream = _cuda.stream_tokens()
+    stream_on, stream_off = (1, 16), (1, 0)
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
                for _ in range(copies_for(2 * n * k))]
@@ -178,12 +189,20 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                 for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
             if not checked:
                 for t in sorted({1, 16, *[x for x in tokens_list if x <= 64]}):
-                    for fmma_range in ([fmma_off, fmma_on] if compare_fmma and t <= 32
-                                       else [default_fmma]):
+                    settings = ([(fmma_off, default_stream, DEFAULT_STREAM_GROUPS), (fmma_on, default_stream, DEFAULT_STREAM_GROUPS)]
+                                if compare_fmma and t <= 32 else
+                                [(default_fmma, default_stream, DEFAULT_STREAM_GROUPS)])
+                    if t <= 16:
+                        settings += [(default_fmma, stream_on, g) for g in stream_groups]
+                    for fmma_range, stream_range, groups in settings:
                         _cuda.set_fmma_tokens(*fmma_range)
+                        _cuda.set_stream_tokens(*stream_range)
+                        _cuda.set_stream_groups(groups)
                         err = check(first, t, gen)
                         kernel = _cuda.config(t, n, k, GS)["kernel"]
                         _cuda.set_fmma_tokens(*default_fmma)
+                        _cuda.set_stream_tokens(*default_stream)
+                        _cuda.set_stream_groups(DEFAULT_STREAM_GROUPS)
                         status = "ok" if err < 4e-3 else "FAIL"
                         print(f"check {n}x{k} {bpw} bpw tokens={t} ({kernel}): rel err {err:.2e} "
                               f"{status}", flush=True)
@@ -211,18 +230,37 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     _cuda.set_fmma_tokens(*fmma_off)
                     extra += ["fmma", _cuda.config(tokens, n, k, GS)["kernel"]]
                     _cuda.set_fmma_tokens(*default_fmma)
+                if tokens <= 16 and stream_groups:
+                    # the stream kernel at each group count, and the kernel taken without it
+                    _cuda.set_stream_tokens(*stream_off)
+                    without = _cuda.config(tokens, n, k, GS)["kernel"]
+                    _cuda.set_stream_tokens(*default_stream)
+                    extra += ([f"stream{g}s{s}" for g in stream_groups for s in stream_stagers]
+                              if stream_stagers else [f"stream{g}" for g in stream_groups])
+                    extra += [without]
+                if paths == ["stream"]:  # the default: label it with its group count
+                    paths = [f"stream{DEFAULT_STREAM_GROUPS}"]
                 paths += [p for i, p in enumerate(extra) if p not in paths and p not in extra[:i]]
                 for path in paths:
+                    kernel = "stream" if path.startswith("stream") else path
                     ops.PREFILL_PATH = path if tokens > 64 else "dequant"
                     _cuda.set_fmma_tokens(*(fmma_on if path == "fmma" else fmma_off))
+                    _cuda.set_stream_tokens(*(stream_on if kernel == "stream" else stream_off))
+                    if kernel == "stream":
+                        groups, stagers = stream_setting(path)
+                        _cuda.set_stream_groups(groups)
+                        _cuda.set_stream_stagers(stagers)
                     if tokens <= 8 and path != "fmma":
                         _cuda.set_gemv_max_tokens(8 if path == "gemv" else 0)
                     # the row is labelled with the kernel that runs, or not timed
                     runs = _cuda.config(tokens, n, k, GS)["kernel"] if tokens <= 64 else path
-                    trad = time_graph(radio_calls) if runs == path else None
+                    trad = time_graph(radio_calls) if runs == kernel else None
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_max_tokens(DEFAULT_GEMV_MAX_TOKENS)
                     _cuda.set_fmma_tokens(*default_fmma)
+                    _cuda.set_stream_tokens(*default_stream)
+                    _cuda.set_stream_groups(DEFAULT_STREAM_GROUPS)
+                    _cuda.set_stream_stagers(DEFAULT_STREAM_STAGERS)
                     if trad is None:
                         print(f"  ({path} cannot take {n}x{k} at {tokens} tokens: {runs} would run)")
                         continue
@@ -282,6 +320,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="token counts (1..64)")
     ap.add_argument("--compare-small", action="store_true",
                     help="time 2..8 tokens on both the gemv and the qmma kernel (the threshold)")
+    ap.add_argument("--compare-stream", type=int, nargs="*", default=[], metavar="GROUPS",
+                    help="also time 1..16 tokens on the stream kernel (sm_90) with these consumer "
+                         "group counts (1: 8 warps, 2: 16), beside the default kernel")
+    ap.add_argument("--stream-stagers", type=int, nargs="*", default=[], choices=(1, 2),
+                    metavar="N", help="with --compare-stream: time each group count at these "
+                                      "stager warps per buffer (1: 4 warps, 2: 8)")
     ap.add_argument("--compare-fmma", action="store_true",
                     help="time 1..32 tokens on the fmma kernel and on the kernel (gemv or qmma) "
                          "they take without it, side by side")
@@ -303,7 +347,7 @@ def main() -> None:
     rows: list = []
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
-        args.compare_small, args.compare_fmma)
+        args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

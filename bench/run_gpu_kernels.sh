@@ -7,6 +7,7 @@
 # the arguments in BENCH_ARGS, timeout BENCH_TIMEOUT s). DECODE=1 adds the end-to-end decode
 # benchmark to any mode that runs one (quick, full and quick-profile always run it). SMOKE=EXPR
 # first runs the CUDA op tests matching EXPR (pytest -x -k, 120 s) and stops on a failure or hang.
+# SKIP_TESTS=1 skips the full test run and memcheck (a first look at a new kernel's speed).
 # The build is bench/gpu_build.sh's.
 set -uo pipefail
 MODE=${1:-quick}
@@ -33,6 +34,9 @@ if [ -n "${SMOKE:-}" ]; then
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "SMOKE FAILED"; exit 1; }
 fi
 
+if [ -n "${SKIP_TESTS:-}" ]; then
+  echo "(tests and memcheck skipped: SKIP_TESTS)"
+else
 step "tests"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py \
   2>&1 | tee "$OUT/tests.log" | tail -25
@@ -43,6 +47,7 @@ timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_ops.py -k sanitize_small \
   > "$OUT/memcheck.log" 2>&1
 echo "memcheck exit code $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3
+fi
 
 if [ "$MODE" = profile ] || [ "$MODE" = quick-profile ] || [ "$MODE" = tests-profile ]; then
   step "ncu: 49152x12288 at 4 bpw: gemv (1 token), qmma (16), row-tile dequantize (2048)"

@@ -2,14 +2,19 @@
 # One device call: build radio, then ncu (stall reasons, scheduler, memory, occupancy) of the
 # qlinear kernels on 49152x12288 at NCU_BPW (default 4.0) for the token counts NCU_TOKENS
 # (default "1 16"), with the fmma kernel taking 1..FMMA tokens (default 32; FMMA=0: off).
-# NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of fmma (CSV).
-# Usage (repository root, .deps carried): [FMMA=0] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
+# STREAM=N: the stream kernel takes 1..N tokens (sm_90; default 0: off), with STREAM_GROUPS (2).
+# NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of the kernel
+# matching NCU_SOURCE_KERNEL (default fmma_kernel), 1 launch (CSV).
+# NO_BUILD=1 skips the build (after bench/run_gpu_kernels.sh in the same call).
+# Usage (repository root, .deps carried): [FMMA=0] [STREAM=8] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/radio-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
-source bench/gpu_build.sh
-radio_gpu_build "$OUT/build.log" || exit 1
+if [ -z "${NO_BUILD:-}" ]; then  # NO_BUILD=1: radio is already installed by this call
+  source bench/gpu_build.sh
+  radio_gpu_build "$OUT/build.log" || exit 1
+fi
 cat > /tmp/radio_ncu_case.py <<PY
 import sys, torch
 sys.path.insert(0, "bench")
@@ -17,12 +22,14 @@ from bench_gemm import make_layer
 from radio import ops
 from radio._ext import _cuda
 _cuda.set_fmma_tokens(1, ${FMMA:-32}, ${FMMA:-32})
+_cuda.set_stream_tokens(1, ${STREAM:-0})
+_cuda.set_stream_groups(${STREAM_GROUPS:-2})
 layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
     ops.qlinear(torch.randn(tokens, 12288, device="cuda").half(), **layer)
 torch.cuda.synchronize()
 PY
-timeout 300 ncu --kernel-name regex:"fmma_kernel|gemv_kernel|qmma_kernel" --launch-count 2 \
+timeout 300 ncu --kernel-name regex:"fmma_kernel|gemv_kernel|qmma_kernel|stream_kernel" --launch-count 2 \
   --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
   --section LaunchStats --section MemoryWorkloadAnalysis --section InstructionStats \
   --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio",l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,smsp__inst_executed.sum \
@@ -31,11 +38,12 @@ echo "ncu exit code $?"
 grep -vE "^==PROF==|^ *$|---" "$OUT/ncu.txt" | grep -E "kernel|Duration|Throughput|Pipe|Registers|Shared Memory|Block Limit|Achieved|Theoretical Occ|Issued|Eligible|No Eligible|Warp Cycles|stalled|wavefronts|conflicts|inst_executed|Busy|Hit Rate" \
   | awk '!/stalled/ || $NF + 0 > 0.05' | sed -E 's/smsp__average_warps_issue_stalled_(.*)_per_issue_active.ratio/stall \1/' | head -120
 if [ -n "${NCU_SOURCE:-}" ]; then
-  # Executed instructions and stall samples per SASS instruction of the fmma kernel (1 token).
-  timeout 200 ncu --kernel-name regex:fmma_kernel --launch-count 1 --section SourceCounters \
-    --section WarpStateStats -o "$OUT/fmma_source" -f python3 /tmp/radio_ncu_case.py > /dev/null 2>&1
+  # Executed instructions and stall samples per SASS instruction of one kernel (first launch).
+  K=${NCU_SOURCE_KERNEL:-fmma_kernel}
+  timeout 200 ncu --kernel-name regex:"$K" --launch-count 1 --section SourceCounters \
+    --section WarpStateStats -o "$OUT/source" -f python3 /tmp/radio_ncu_case.py > /dev/null 2>&1
   echo "ncu source exit code $?"
-  ncu -i "$OUT/fmma_source.ncu-rep" --page source --csv --print-source sass > "$OUT/fmma_sass.csv" 2>&1
-  echo "source page exit code $?; $(wc -l < "$OUT/fmma_sass.csv") lines"
-  rm -f "$OUT/fmma_source.ncu-rep"
+  ncu -i "$OUT/source.ncu-rep" --page source --csv --print-source sass > "$OUT/${K}_sass.csv" 2>&1
+  echo "source page exit code $?; $(wc -l < "$OUT/${K}_sass.csv") lines"
+  rm -f "$OUT/source.ncu-rep"
 fi

@@ -41,6 +41,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "block_units.cuh"
 #include "common.cuh"
@@ -116,6 +117,27 @@ __device__ __forceinline__ std::uint32_t fmma_single_pair(const Window<kB>& w,
   return __byte_perm(lo, hi, 0x5410);
 }
 
+// The 8 A registers (two k-steps) of rows ra (mma row g) and rb (row g + 8): register i of k-step
+// s holds window pair 4s + (0, 0, 2, 2)[i] of row (ra, rb, ra, rb)[i] (decode.cuh).
+// lookup(window, std::integral_constant<int, j>{}) returns pair j's two 16-bit values. Shared
+// with stream_kernel.cuh.
+template <int kB, typename Lookup>
+__device__ __forceinline__ void fill_a(std::uint32_t (&a0)[4], std::uint32_t (&a1)[4],
+                                       const Window<kB>& ra, const Window<kB>& rb, Lookup lookup) {
+  const std::integral_constant<int, 0> j0;
+  const std::integral_constant<int, 2> j2;
+  const std::integral_constant<int, 4> j4;
+  const std::integral_constant<int, 6> j6;
+  a0[0] = lookup(ra, j0);
+  a0[1] = lookup(rb, j0);
+  a0[2] = lookup(ra, j2);
+  a0[3] = lookup(rb, j2);
+  a1[0] = lookup(ra, j4);
+  a1[1] = lookup(rb, j4);
+  a1[2] = lookup(ra, j6);
+  a1[3] = lookup(rb, j6);
+}
+
 // One unit of depth kB for the warp's 16 rows: the lane's window of rows g and g + 8 from the
 // slot, 8 A registers, 2 mma per token tile.
 template <typename M, int kB, int kTT>
@@ -138,24 +160,14 @@ __device__ __forceinline__ void fmma_unit(float (&acc)[kTT][4], const std::uint3
   std::uint32_t a0[4], a1[4];
   if constexpr (kB <= kFmmaPairMaxDepth) {
     const unsigned char* pb = pairs + 128 * pair_table_start(kB);
-    a0[0] = fmma_pair<kB, 0>(ra, pb, lane4);
-    a0[1] = fmma_pair<kB, 0>(rb, pb, lane4);
-    a0[2] = fmma_pair<kB, 2>(ra, pb, lane4);
-    a0[3] = fmma_pair<kB, 2>(rb, pb, lane4);
-    a1[0] = fmma_pair<kB, 4>(ra, pb, lane4);
-    a1[1] = fmma_pair<kB, 4>(rb, pb, lane4);
-    a1[2] = fmma_pair<kB, 6>(ra, pb, lane4);
-    a1[3] = fmma_pair<kB, 6>(rb, pb, lane4);
+    fill_a<kB>(a0, a1, ra, rb, [&](const Window<kB>& w, auto j) {
+      return fmma_pair<kB, decltype(j)::value>(w, pb, lane4);
+    });
   } else {
     const std::uint32_t* tb = table + ((1 << kB) - 2);
-    a0[0] = fmma_single_pair<kB, 0>(ra, tb);
-    a0[1] = fmma_single_pair<kB, 0>(rb, tb);
-    a0[2] = fmma_single_pair<kB, 2>(ra, tb);
-    a0[3] = fmma_single_pair<kB, 2>(rb, tb);
-    a1[0] = fmma_single_pair<kB, 4>(ra, tb);
-    a1[1] = fmma_single_pair<kB, 4>(rb, tb);
-    a1[2] = fmma_single_pair<kB, 6>(ra, tb);
-    a1[3] = fmma_single_pair<kB, 6>(rb, tb);
+    fill_a<kB>(a0, a1, ra, rb, [&](const Window<kB>& w, auto j) {
+      return fmma_single_pair<kB, decltype(j)::value>(w, tb);
+    });
   }
 #pragma unroll
   for (int nt = 0; nt < kTT; ++nt) {

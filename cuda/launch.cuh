@@ -13,6 +13,7 @@
 #include "qmma_kernel.cuh"
 #include "ops.hpp"
 #include "qlinear_kernel.cuh"
+#include "stream_kernel.cuh"
 #include "transpose_x.cuh"
 
 namespace radio::cuda {
@@ -56,6 +57,17 @@ cudaError_t launch_fmma_instance(const FmmaParams& p, const QlinearConfig& c,
     if (err != cudaSuccess) return err;
   }
   fmma_kernel<Act, kTT><<<grid, c.threads, c.smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename Act, int kGroups, int kTT>
+cudaError_t launch_stream_instance(const StreamParams& p, const CUtensorMap& map,
+                                   const QlinearConfig& c, cudaStream_t stream) {
+  const cudaError_t err = cudaFuncSetAttribute(stream_kernel<Act, kGroups, kTT>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               c.smem_bytes);
+  if (err != cudaSuccess) return err;
+  stream_kernel<Act, kGroups, kTT><<<c.grid_x, c.threads, c.smem_bytes, stream>>>(p, map);
   return cudaGetLastError();
 }
 
@@ -108,6 +120,10 @@ cudaError_t launch_qmma(const QmmaParams& p, const QlinearConfig& c, cudaStream_
 template <typename Act>
 cudaError_t launch_fmma(const FmmaParams& p, const QlinearConfig& c, cudaStream_t stream);
 
+template <typename Act>
+cudaError_t launch_stream(const StreamParams& p, const CUtensorMap& map, const QlinearConfig& c,
+                          cudaStream_t stream);
+
 #define RADIO_INSTANTIATE_GEMV(Act)                                                            \
   template <>                                                                                  \
   cudaError_t launch_gemv<Act>(const GemvParams& p, const QlinearConfig& c, cudaStream_t s) {  \
@@ -130,6 +146,15 @@ cudaError_t launch_fmma(const FmmaParams& p, const QlinearConfig& c, cudaStream_
       case 2: return launch_fmma_instance<Act, 2>(p, c, s);                                    \
       default: return launch_fmma_instance<Act, 4>(p, c, s);                                   \
     }                                                                                          \
+  }                                                                                            \
+  template <>                                                                                  \
+  cudaError_t launch_stream<Act>(const StreamParams& p, const CUtensorMap& map,                \
+                                 const QlinearConfig& c, cudaStream_t s) {                     \
+    if (c.tok_tiles == 2)                                                                      \
+      return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 2>(p, map, c, s)            \
+                                  : launch_stream_instance<Act, 1, 2>(p, map, c, s);           \
+    return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 1>(p, map, c, s)              \
+                                : launch_stream_instance<Act, 1, 1>(p, map, c, s);             \
   }
 
 #define RADIO_INSTANTIATE_KERNELS(Act, kQ)                                                     \

@@ -87,9 +87,12 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t loc, std::uintptr_t depth, std::uintptr_t unit_offset,
          std::uintptr_t row_perm, std::uintptr_t col_perm, std::uintptr_t bias, std::uintptr_t y,
          int n, int k, int gs, int quantizer, std::uintptr_t workspace,
-         std::int64_t workspace_bytes, std::uintptr_t stream) {
-        const LayerPtrs layer = layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
-                                           col_perm, bias, n, k, gs, quantizer);
+         std::int64_t workspace_bytes, std::uintptr_t stream, std::int64_t qweight_words) {
+        LayerPtrs layer = layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
+                                     col_perm, bias, n, k, gs, quantizer);
+        RADIO_CHECK(qweight_words >= -1, "qweight_words must be the length of qweight (or -1: "
+                    "unknown), got ", qweight_words);
+        layer.qweight_words = qweight_words;
         check_dtype(dtype);
         RADIO_CHECK(x && y, "x and y must be non-null device pointers");
         const auto c = qlinear_config(tokens, n, k, gs);
@@ -97,6 +100,9 @@ PYBIND11_MODULE(_cuda, m) {
                     " bytes is too small: this launch needs ", c.workspace_bytes);
         RADIO_CHECK(c.workspace_bytes == 0 || workspace, "workspace pointer is null but ",
                     c.workspace_bytes, " bytes are needed");
+        RADIO_CHECK(!c.stream || qweight_words >= 0,
+                    "this launch takes the stream kernel, which needs qweight_words (the length "
+                    "of qweight in words), got ", qweight_words);
         raise_if(radio::cuda::qlinear(x, dtype, tokens, layer, y, workspace, c, stream));
       },
       py::arg("x"), py::arg("dtype"), py::arg("tokens"), py::arg("qweight"), py::arg("scale"),
@@ -104,6 +110,7 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("col_perm"), py::arg("bias"), py::arg("y"), py::arg("out_features"),
       py::arg("in_features"), py::arg("rows_per_group"), py::arg("quantizer"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+      py::arg("qweight_words") = -1,
       "y[tokens, N] = x[tokens, K] @ W.T + bias (1..8 tokens: CUDA-core decode path; up to 64 "
       "per block: tensor cores; config() says which).");
   m.def(
@@ -164,6 +171,52 @@ PYBIND11_MODULE(_cuda, m) {
         return py::make_tuple(t[0], t[1], t[2]);
       },
       "The fmma path's token limits (min, max, large_max).");
+  m.def(
+      "set_stream_tokens",
+      [](int min_tokens, int max_tokens, std::int64_t min_chunk_units) {
+        const int most = radio::cuda::kStreamMaxTokens;
+        RADIO_CHECK(min_tokens >= 1 && max_tokens >= 0 && max_tokens <= most,
+                    "stream token limits must be min >= 1 and max in 0..", most, ", got ",
+                    min_tokens, ", ", max_tokens);
+        RADIO_CHECK(min_chunk_units >= 0, "stream min_chunk_units must be >= 0, got ",
+                    min_chunk_units);
+        radio::cuda::set_stream_tokens(min_tokens, max_tokens, min_chunk_units);
+      },
+      py::arg("min_tokens"), py::arg("max_tokens"), py::arg("min_chunk_units") = 0,
+      "Benchmark tuning: token counts min..max take the stream path on sm_90 where it applies, "
+      "on layers of at least min_chunk_units 256-row chunks x 32-column units (min > max: "
+      "never).");
+  m.def(
+      "stream_tokens",
+      [] {
+        const auto t = radio::cuda::stream_tokens();
+        return py::make_tuple(t[0], t[1], t[2]);
+      },
+      "The stream path's limits (min tokens, max tokens, min chunk-units).");
+  m.def(
+      "set_stream_groups",
+      [](int groups) {
+        RADIO_CHECK(groups == 1 || groups == 2, "stream consumer groups must be 1 or 2, got ",
+                    groups);
+        radio::cuda::set_stream_groups(groups);
+      },
+      py::arg("groups"), "Benchmark tuning: 8 or 16 consumer warps per stream block.");
+  m.def(
+      "set_stream_stagers",
+      [](int buf_stagers) {
+        RADIO_CHECK(buf_stagers == 1 || buf_stagers == 2,
+                    "stream stagers per buffer must be 1 or 2, got ", buf_stagers);
+        radio::cuda::set_stream_stagers(buf_stagers);
+      },
+      py::arg("buf_stagers"),
+      "Benchmark tuning: 4 or 8 warps staging x * scale per stream block (1 or 2 per buffer).");
+  m.def(
+      "set_stream_max_blocks",
+      [](int blocks) {
+        RADIO_CHECK(blocks >= 0, "stream max blocks must be >= 0 (0: one per SM), got ", blocks);
+        radio::cuda::set_stream_max_blocks(blocks);
+      },
+      py::arg("blocks"), "Testing: at most this many stream blocks (0: one per SM).");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -172,7 +225,7 @@ PYBIND11_MODULE(_cuda, m) {
       [](int tokens, int n, int k, int gs) {
         const auto c = qlinear_config(tokens, n, k, gs);
         py::dict d;
-        d["kernel"] = c.fmma ? "fmma" : c.gemv ? "gemv" : c.qmma ? "qmma" : "mma";
+        d["kernel"] = c.stream ? "stream" : c.fmma ? "fmma" : c.gemv ? "gemv" : c.qmma ? "qmma" : "mma";
         d["gemv_tokens"] = c.gemv_tokens;
         d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;

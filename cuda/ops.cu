@@ -2,6 +2,8 @@
 // Nothing here throws; errors come back as messages (see ops.hpp).
 #include "ops.hpp"
 
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled: the driver call through the runtime
 #include <cuda_runtime_api.h>
 
 #include <array>
@@ -176,6 +178,73 @@ std::string fmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   }
 }
 
+// cuTensorMapEncodeTiled from the driver the runtime already loaded (no link against libcuda,
+// which the CI machine lacks), looked up once.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                             cudaEnableDefault, &found);
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f)
+               : nullptr;
+  }();
+  return fn;
+}
+
+// The stream kernel's view of qweight: rows of 256 words (one word row of a 256-row chunk), boxes
+// of 8 word rows x 32 words (one consumer warp's slab of a stage) with the 128-byte swizzle
+// (stream_kernel.cuh). A layer without words gets a map over `spare` (>= 1 KB) it never reads.
+std::string encode_stream_map(const LayerPtrs& layer, std::uintptr_t spare, CUtensorMap* map) {
+  const auto encode = tensor_map_encoder();
+  if (!encode) return "radio._cuda stream: cuTensorMapEncodeTiled is not available";
+  if (layer.qweight_words < 0 || layer.qweight_words % kStreamRows != 0)
+    return "radio._cuda stream: qweight_words must be a multiple of 256, got " +
+           std::to_string(layer.qweight_words);
+  const bool empty = layer.qweight_words == 0;
+  const std::uintptr_t base = empty ? spare : layer.qweight;
+  if (base % 16 != 0) return "radio._cuda stream: qweight must be 16-byte aligned";
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(kStreamRows),
+                              empty ? 1u : static_cast<cuuint64_t>(layer.qweight_words / kStreamRows)};
+  const cuuint64_t strides[1] = {kStreamRows * 4};
+  const cuuint32_t box[2] = {32, kStreamStageRows};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 2, reinterpret_cast<void*>(base),
+                            dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return "radio._cuda stream: cuTensorMapEncodeTiled failed (" +
+                                std::to_string(static_cast<int>(r)) + ")";
+  return {};
+}
+
+template <typename Act>
+std::string launch_stream_as(StreamParams& p, const CUtensorMap& map, std::uintptr_t x, int m,
+                             const LayerPtrs& layer, std::uintptr_t workspace,
+                             const QlinearConfig& c, cudaStream_t s) {
+  const auto& t = tables16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer));
+  std::memcpy(p.table, t.table, sizeof p.table);
+  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+  p.buf_stagers = c.stream_buf_stagers;
+  if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
+  return cuda_error(launch_stream<Act>(p, map, c, s), "stream launch");
+}
+
+std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
+                   std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  StreamParams p{};
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  CUtensorMap map;
+  if (std::string err = encode_stream_map(layer, workspace, &map); !err.empty()) return err;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kHalf: return launch_stream_as<__half>(p, map, x, m, layer, workspace, c, s);
+    case DType::kBFloat16:
+      return launch_stream_as<__nv_bfloat16>(p, map, x, m, layer, workspace, c, s);
+    default: return launch_stream_as<float>(p, map, x, m, layer, workspace, c, s);
+  }
+}
+
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
   GemvParams p{};
@@ -206,6 +275,8 @@ std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
 std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
                     std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
                     std::uintptr_t stream) {
+  if (c.stream)
+    return stream_qlinear(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.fmma)
     return fmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));

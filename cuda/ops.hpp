@@ -14,6 +14,7 @@ constexpr int kMaxKernelTokens = 64;  // tokens per block of the tensor-core ker
 constexpr int kMaxBlockUnits = 1024;  // units of K one block walks (its depths/offsets in smem)
 constexpr int kGemvMaxTokens = 8;     // most tokens the gemv instances hold (default limit: 4)
 constexpr int kFmmaMaxTokens = 32;    // most tokens the fmma instances hold
+constexpr int kStreamMaxTokens = 16;  // most tokens the stream kernel holds (stream_kernel.cuh)
 
 struct QlinearConfig {
   // The decode path (gemv_kernel.cuh, CUDA cores) for 1..4 tokens, qmma_kernel.cuh for 5..64;
@@ -27,6 +28,12 @@ struct QlinearConfig {
   // mma fragments (fmma_kernel.cuh); tok_tiles of 8 tokens (1, 2 or 4), one block per chunk and
   // K split.
   bool fmma = false;
+  // 1..16 tokens on sm_90 (set_stream_tokens): one persistent block per SM streams its range of
+  // the layer's words with the TMA (stream_kernel.cuh); stream_groups x 8 consumer warps,
+  // tok_tiles token tiles of 8.
+  bool stream = false;
+  int stream_groups = 1;
+  int stream_buf_stagers = 2;  // stager warps per xs buffer (1 or 2)
   int grid_z = 1;
   int threads = 512;        // threads per block
   int tok_tiles = 1;        // mma: token tiles of 8 (template parameter): 1, 2, 4 or 8
@@ -71,6 +78,15 @@ void set_gemv_max_tokens(int tokens);
 // checked before the gemv and qmma limits.
 void set_fmma_tokens(int min_tokens, int max_tokens, int large_max_tokens);
 std::array<int, 3> fmma_tokens();
+// Token counts the stream path takes (default: see select_config.cu; min > max: never; max at
+// most kStreamMaxTokens), checked first, and its consumer warp groups (1 or 2);
+// and only on layers of at least min_chunk_units chunks x units (256-row chunks x ceil(K / 32)).
+void set_stream_tokens(int min_tokens, int max_tokens, std::int64_t min_chunk_units);
+std::array<std::int64_t, 3> stream_tokens();
+void set_stream_groups(int groups);
+void set_stream_stagers(int buf_stagers);  // stager warps per xs buffer (1 or 2)
+// At most this many stream blocks (0: one per SM): lets tests give small layers long ranges.
+void set_stream_max_blocks(int blocks);
 int device_sm_count();  // -1 when CUDA cannot tell
 
 
@@ -78,6 +94,7 @@ struct LayerPtrs {
   std::uintptr_t qweight = 0, scale = 0, loc = 0, depth = 0, unit_offset = 0, row_perm = 0,
                  col_perm = 0, bias = 0;  // bias may be 0
   int n = 0, k = 0, gs = 0, quantizer = 0;
+  std::int64_t qweight_words = -1;  // qweight's length (the stream kernel's tensor map); -1: unknown
 };
 
 // y[m, n] = x[m, k] @ W.T + bias for m >= 1 with the launch configuration c (from

@@ -11,7 +11,13 @@
 //   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
 //   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
 //   positions x 4 bytes) within kGemvXsBytes.
-// qlinear, 3..32 tokens (set_fmma_tokens; checked first; 25..32 on very large layers go to qmma),
+// qlinear, 1..16 tokens (set_stream_tokens; checked first; default: see g_stream_min_tokens) on
+// sm_90 with 256-row chunks and N a multiple of 256: the persistent streaming kernel
+// (stream_kernel.cuh): one block per SM (grid = SMs, or fewer for layers of fewer units), each
+// taking an equal share of the layer's chunk-units in flattened order; 8 or 16 consumer warps
+// (set_stream_groups), 4 or 8 stager warps (set_stream_stagers), token tiles of 8 (1 or 2:
+// template parameter); only on layers of at least g_stream_min_chunk_units chunks x units.
+// qlinear, 3..32 tokens (set_fmma_tokens; checked before gemv; 25..32 on very large layers go to qmma),
 // chunks of at most 256 rows:
 // unit words by cp.async, pair-table decode into mma fragments (fmma_kernel.cuh):
 // - token tiles of 8 (1, 2 or 4: template parameter), one warp per 16 rows of a chunk;
@@ -82,6 +88,14 @@ int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
 int g_fmma_min_tokens = 3, g_fmma_max_tokens = 32;  // set_fmma_tokens()
 int g_fmma_large_max_tokens = 24;  // the most tokens fmma takes above kFmmaQmmaChunkUnits
 constexpr std::int64_t kFmmaQmmaChunkUnits = 32768;
+// The stream kernel: off by default. Its first version (RESULTS.md session 10) beat fmma at 16
+// tokens on large layers but ran at half gemv's speed at 1 token; the rewritten stagers are not
+// yet timed against gemv/fmma beside it (bench_gemm --compare-stream).
+int g_stream_min_tokens = 1, g_stream_max_tokens = 0;
+std::int64_t g_stream_min_chunk_units = 0;  // smaller layers keep gemv / fmma
+int g_stream_groups = 2;
+int g_stream_buf_stagers = 2;
+int g_stream_max_blocks = 0;  // set_stream_max_blocks(): tests (long ranges on small layers); 0: SMs
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
@@ -163,6 +177,42 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
   add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
+int device_cc_major() {
+  int dev = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  return err == cudaSuccess ? major : -1;
+}
+
+bool stream_applies(int m, int n, int k, int gs) {
+  return m >= g_stream_min_tokens && m <= g_stream_max_tokens && gs == kStreamRows &&
+         n % kStreamRows == 0 &&
+         static_cast<std::int64_t>(n / kStreamRows) * ceil_div(k, 32) >= g_stream_min_chunk_units &&
+         device_cc_major() >= 9 &&
+         stream_smem_bytes(m, m <= 8 ? 1 : 2) + kStreamStaticSmemBytes <=
+             device_smem_per_block_optin();
+}
+
+QlinearConfig select_stream_config(int m, int n, int k, int sm_count) {
+  QlinearConfig c;
+  c.stream = true;
+  c.stream_groups = g_stream_groups;
+  c.tok_tiles = m <= 8 ? 1 : 2;
+  c.stream_buf_stagers = g_stream_buf_stagers;
+  c.threads = stream_threads(c.stream_groups, c.stream_buf_stagers);
+  const int chunks = n / kStreamRows;
+  const std::int64_t chunk_units = static_cast<std::int64_t>(chunks) * ceil_div(k, 32);
+  const int blocks = g_stream_max_blocks > 0 ? std::min(sm_count, g_stream_max_blocks) : sm_count;
+  c.grid_x = static_cast<int>(std::min<std::int64_t>(blocks, chunk_units));
+  c.grid_y = 1;
+  c.units_per_split = static_cast<int>((chunk_units + c.grid_x - 1) / c.grid_x);  // (a share)
+  c.smem_bytes = stream_smem_bytes(m, c.tok_tiles);
+  add_split_workspace(c, static_cast<std::int64_t>(n) * m, chunks);
+  if (m > 1) add_xt(c, k, 8 * c.tok_tiles, 1, 8 * c.tok_tiles);
+  c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
+  return c;
+}
+
 // Dynamic shared memory an fmma block may take: kFmmaSmemBytes, or less where the device allows
 // less per block (e.g. 99 KB on sm_86); 1 KB left for the static part.
 int fmma_smem_budget() {
@@ -203,10 +253,22 @@ void set_fmma_tokens(int min_tokens, int max_tokens, int large_max_tokens) {
 std::array<int, 3> fmma_tokens() {
   return {g_fmma_min_tokens, g_fmma_max_tokens, g_fmma_large_max_tokens};
 }
+void set_stream_tokens(int min_tokens, int max_tokens, std::int64_t min_chunk_units) {
+  g_stream_min_tokens = min_tokens;
+  g_stream_max_tokens = max_tokens;
+  g_stream_min_chunk_units = min_chunk_units;
+}
+std::array<std::int64_t, 3> stream_tokens() {
+  return {g_stream_min_tokens, g_stream_max_tokens, g_stream_min_chunk_units};
+}
+void set_stream_groups(int groups) { g_stream_groups = groups; }
+void set_stream_stagers(int buf_stagers) { g_stream_buf_stagers = buf_stagers; }
+void set_stream_max_blocks(int blocks) { g_stream_max_blocks = blocks; }
 void set_gemv_waves(int waves) { g_gemv_waves = waves; }
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
+  if (stream_applies(m, n, k, gs)) return select_stream_config(m, n, k, sm_count);
   const bool fmma_large_exception =
       m > g_fmma_large_max_tokens &&
       static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32) > kFmmaQmmaChunkUnits;

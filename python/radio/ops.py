@@ -274,6 +274,8 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
             raise ValueError(f"all layer tensors must be on {dev}, got one on {t.device}")
     qweight, scale, loc, depth, row_perm, col_perm, unit_offset = (
         t.contiguous() for t in tensors[:7])
+    if qweight.data_ptr() % 16:  # a view at an odd offset: the TMA needs 16-byte alignment
+        qweight = qweight.clone()
     bias_ptr = 0 if bias is None else bias.contiguous().data_ptr()
     stream = torch.cuda.current_stream(dev).cuda_stream
     dtype_code = _CUDA_DTYPE_CODE[x.dtype]
@@ -294,7 +296,8 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
             _cuda.qlinear(x2.data_ptr(), dtype_code, m, qweight.data_ptr(), scale.data_ptr(),
                           loc.data_ptr(), depth.data_ptr(), unit_offset.data_ptr(),
                           row_perm.data_ptr(), col_perm.data_ptr(), bias_ptr, y.data_ptr(),
-                          n, k, rows_per_group, quantizer, ws.data_ptr(), ws.numel(), stream)
+                          n, k, rows_per_group, quantizer, ws.data_ptr(), ws.numel(), stream,
+                          qweight.numel())
     return y.reshape(*x.shape[:-1], n)
 
 

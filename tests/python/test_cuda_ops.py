@@ -123,7 +123,8 @@ def _raw_call(layer, x, y, stream):
                   layer["loc"].data_ptr(), layer["depth"].data_ptr(),
                   layer["unit_offset"].data_ptr(), layer["row_perm"].data_ptr(),
                   layer["col_perm"].data_ptr(), layer["bias"].data_ptr(), y.data_ptr(), n, k, gs,
-                  layer["quantizer"], ws.data_ptr(), ws.numel(), stream)
+                  layer["quantizer"], ws.data_ptr(), ws.numel(), stream,
+                  layer["qweight"].numel())
 
 
 def _check_poisoned_output(layer_and_w64, tokens, kernel):
@@ -310,22 +311,27 @@ def test_fmma_sanitize_small(fmma_on):
                 assert err < BUDGET[dtype], (n, k, tokens, dtype, err)
 
 
-def test_fmma_cuda_graph_replay(fmma_on):
-    layer, w64 = _layer(1000, 1100, 256, 0, seed=80)
-    for tokens in (1, 16):
-        static_x = torch.randn(tokens, 1100, device="cuda").half()
+def _check_graph_replay(layer, w64, token_counts):
+    """qlinear captured in a CUDA graph, replayed on new inputs, against the float64 reference."""
+    k = layer["in_features"]
+    for tokens in token_counts:
+        static_x = torch.randn(tokens, k, device="cuda").half()
         ops.qlinear(static_x, **layer)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static_y = ops.qlinear(static_x, **layer)
         for seed in range(2):
-            static_x.copy_(torch.randn(tokens, 1100, generator=torch.Generator().manual_seed(seed))
+            static_x.copy_(torch.randn(tokens, k, generator=torch.Generator().manual_seed(seed))
                            .half().cuda())
             graph.replay()
             torch.cuda.synchronize()
             err = rel_err(static_y, reference_y(static_x, w64, layer["bias"].cpu()))
             assert err < BUDGET[torch.float16], (tokens, seed, err)
+
+
+def test_fmma_cuda_graph_replay(fmma_on):
+    _check_graph_replay(*_layer(1000, 1100, 256, 0, seed=80), (1, 16))
 
 
 # last: the error paths of the raw entry point
@@ -344,3 +350,125 @@ def test_bad_arguments_raise_value_error():
         with pytest.raises(ValueError, match="workspace of 0 bytes is too small"):
             _cuda.qlinear(x.data_ptr(), 0, tokens, *([1] * 8), y.data_ptr(), 1000, 1100, 256, 0,
                           0, 0, 0)
+
+
+@pytest.fixture
+def stream_on():
+    """Every call that the stream kernel (stream_kernel.cuh, sm_90) can take goes to it for the
+    test's duration."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90 (TMA)")
+    before = _cuda.stream_tokens()
+    _cuda.set_stream_tokens(1, 16, 0)
+    try:
+        yield
+    finally:
+        _cuda.set_stream_tokens(*before)
+
+
+# (N, K): N a multiple of 256 (the kernel's requirement, gs = 256). One chunk with 3 units (fewer
+# blocks than SMs), K not a multiple of 32, a block per unit (256x4000), blocks across chunk
+# boundaries (2048x1024), units of 33 columns. With 3 blocks (set_stream_max_blocks) each block
+# walks several pieces and chunks and wraps the ring of stages.
+STREAM_SHAPES = [(256, 77), (512, 512), (1024, 1100), (256, 4000), (2048, 1024), (768, 33)]
+STREAM_TOKENS = [1, 2, 3, 5, 8, 9, 16]
+
+
+@pytest.fixture
+def stream_setting():
+    """Restores the stream kernel's groups, block limit and stagers after a test that changes
+    them."""
+    yield
+    _cuda.set_stream_groups(2)
+    _cuda.set_stream_max_blocks(0)
+    _cuda.set_stream_stagers(2)
+
+
+@pytest.mark.parametrize("groups,blocks,stagers", [(2, 0, 2), (1, 3, 1), (2, 3, 2)])
+@pytest.mark.parametrize("n,k", STREAM_SHAPES)
+@pytest.mark.parametrize("quantizer", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_stream_matches_float64(n, k, quantizer, dtype, groups, blocks, stagers, stream_on,
+                                stream_setting):
+    """The stream kernel against the float64 reference; depths uniform in 0..8."""
+    _cuda.set_stream_groups(groups)
+    _cuda.set_stream_max_blocks(blocks)
+    _cuda.set_stream_stagers(stagers)
+    layer, w64 = _layer(n, k, 256, quantizer, seed=n * 3 + k + quantizer)
+    _check_token_counts(layer, w64, dtype, STREAM_TOKENS,
+                        torch.Generator().manual_seed(n + k + 2), kernel="stream")
+
+
+def test_stream_not_taken_where_it_does_not_apply(stream_on):
+    """Chunks other than 256 rows, N not a multiple of 256, more than 16 tokens: other kernels."""
+    assert _cuda.config(1, 512, 512, 256)["kernel"] == "stream"
+    assert _cuda.config(1, 512, 512, 128)["kernel"] != "stream"
+    assert _cuda.config(1, 1000, 512, 256)["kernel"] != "stream"
+    assert _cuda.config(16, 512, 512, 256)["kernel"] == "stream"
+    assert _cuda.config(17, 512, 512, 256)["kernel"] != "stream"
+
+
+def test_stream_min_chunk_units(stream_on):
+    """Layers below the chunk-units floor keep the other kernels (512x512: 2 chunks x 16 units)."""
+    _cuda.set_stream_tokens(1, 16, 33)
+    assert _cuda.config(1, 512, 512, 256)["kernel"] != "stream"
+    assert _cuda.config(1, 512, 1056, 256)["kernel"] == "stream"  # 2 x 33
+    _cuda.set_stream_tokens(1, 16, 32)
+    assert _cuda.config(1, 512, 512, 256)["kernel"] == "stream"
+
+
+@pytest.mark.parametrize("depth", list(range(0, 9)))
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_stream_every_single_depth(depth, quantizer, stream_on):
+    """All units at one depth: pair tables (1..4), single tables (5..8), 0-bit (no words)."""
+    layer, w64 = _layer(512, 640, 256, quantizer, seed=depth + 90, depth=depth)
+    for tokens in (1, 4, 8, 16):
+        x = torch.randn(tokens, 640, generator=torch.Generator().manual_seed(depth)).half().cuda()
+        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[torch.float16], (tokens, err)
+
+
+@pytest.mark.parametrize("n,k", [(1024, 1100), (256, 77), (2048, 1024)])
+@pytest.mark.parametrize("tokens", [1, 8, 16])
+@pytest.mark.parametrize("blocks", [0, 3])
+def test_stream_every_output_written(n, k, tokens, blocks, stream_on, stream_setting):
+    """Poisoned output (NaN): every row written by the block that completes its chunk."""
+    _cuda.set_stream_max_blocks(blocks)
+    _check_poisoned_output(_layer(n, k, 256, 0, seed=tokens + 95), tokens, "stream")
+
+
+def test_stream_sanitize_small(stream_on, stream_setting):
+    """Small stream launches of every dtype, group count and a block limit (run under
+    compute-sanitizer by the device script: -k sanitize_small)."""
+    for groups, blocks, stagers in ((1, 0, 2), (2, 0, 2), (2, 3, 1), (1, 3, 1)):
+        _cuda.set_stream_groups(groups)
+        _cuda.set_stream_max_blocks(blocks)
+        _cuda.set_stream_stagers(stagers)
+        for quantizer in (0, 1):
+            for (n, k) in ((256, 77), (1024, 1100)):
+                layer, w64 = _layer(n, k, 256, quantizer, seed=97 + quantizer)
+                for tokens, dtype in ((1, torch.float16), (3, torch.bfloat16),
+                                      (8, torch.float32), (13, torch.float16)):
+                    x = torch.randn(tokens, k, device="cuda").to(dtype)
+                    y = ops.qlinear(x, **layer)
+                    err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
+                    assert err < BUDGET[dtype], (n, k, tokens, dtype, groups, blocks, err)
+
+
+def test_stream_cuda_graph_replay(stream_on):
+    _check_graph_replay(*_layer(1024, 1100, 256, 0, seed=99), (1, 8, 16))
+
+
+def test_stream_knob_checks():
+    with pytest.raises(ValueError, match="stream token limits"):
+        _cuda.set_stream_tokens(0, 8)
+    with pytest.raises(ValueError, match="stream token limits"):
+        _cuda.set_stream_tokens(1, 17)
+    with pytest.raises(ValueError, match="min_chunk_units must be >= 0"):
+        _cuda.set_stream_tokens(1, 16, -1)
+    with pytest.raises(ValueError, match="groups must be 1 or 2"):
+        _cuda.set_stream_groups(3)
+    with pytest.raises(ValueError, match="max blocks must be >= 0"):
+        _cuda.set_stream_max_blocks(-1)
+    with pytest.raises(ValueError, match="stagers per buffer must be 1 or 2"):
+        _cuda.set_stream_stagers(0)

@@ -1,0 +1,545 @@
+// y = x @ W.T + b for a packed layer and 1..16 tokens on sm_90: one persistent block per SM streams
+// a contiguous range of the layer's words through shared memory with the TMA, while its warps
+// decode them into mma.m16n8k16 A fragments (pair tables, as fmma_kernel.cuh) and other warps
+// stage x * scale.
+//
+// Why (bench/KERNELS.md sessions 7-9): the per-block kernels (gemv, fmma) pay per block for their
+// set-up (43.5 KB of tables, the x gathers, the first loads) and per unit for address arithmetic
+// and barriers; at 1 token the best of them reads HBM at ~70% of its bandwidth. Here:
+// - the words of the units of consecutive chunks are one contiguous range of qweight
+//   (docs/format.md: chunk c's words follow chunk c-1's; unit u+1's follow unit u's), so a block
+//   takes a range of (chunk, unit) in flattened order and one thread streams its word rows (256
+//   words of one unit depth plane) with cp.async.bulk.tensor into a ring of stages, no matter
+//   where units begin or end; the consumers find a unit from the running sum of depths;
+// - the TMA writes each 128-byte line of 32 rows with the 128-byte swizzle, 16-byte quad q of
+//   word row i at quad q ^ (i % 8): the 4 lanes t of one row group read 4 different word rows
+//   of the same quad without bank conflicts;
+// - the tables are filled once per block (one block per SM, grid = SMs);
+// - x * scale and the chunk term sum(loc * x) are staged per piece of <= 32 units by separate
+//   warps into a ring of buffers, ahead of the decode.
+//
+// Roles (warp index):
+//   [0, 8 kGroups)        consumers: warp w decodes rows 32 (w % 8) .. +31 of the chunk, for
+//                         the units v with v % kGroups == w / 8 of each piece (lane g: rows
+//                         4g .. 4g+3 as two m16 tiles, as in fmma_warp_rings.patch);
+//   8 kGroups             producer: lane 0 issues the TMA copies;
+//   8 kGroups + 1 ..      stagers, 4 x buf_stagers warps: warp s stages the pieces k with
+//                         k % 4 == s % 4 (half s / 4 of each piece's batches).
+// Synchronisation by mbarriers: stage_full (TMA bytes), stage_empty (one arrival per consumer
+// warp), xs_full (the threads of the buffer's stager warps), xs_empty (one per consumer warp).
+//
+// Output: every block adds its f32 partial sums of a chunk to the zeroed workspace [n][m] and the
+// count of the chunk's units it covered to the chunk's counter; the block that completes the count
+// writes the chunk's rows of y in original row order (+ bias) and resets the counter.
+//
+// Requirements (select_config.cu, ops.cu): sm_90, rows_per_group = 256 and N % 256 == 0 (every
+// chunk 256 rows: one word row = 1 KB, the tensor map's row), qweight 16-byte aligned, m <= 16
+// (token tiles of 8: kTT = 1 or 2; pieces of 32 / kTT units keep xs within 4 x 17 KB).
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the type only; nothing links libcuda)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common.cuh"
+#include "decode.cuh"
+#include "fmma_kernel.cuh"  // kFmmaPairEntries, fill_a, fmma_single_pair, pair_table_start
+#include "tma.cuh"
+#include "transpose_x.cuh"
+
+namespace radio::cuda {
+
+constexpr int kStreamRows = 256;          // chunk rows (rows_per_group) the kernel takes
+constexpr int kStreamSlabs = 8;           // 32-row slabs of a chunk: one consumer warp each
+constexpr int kStreamStageRows = 8;       // word rows per stage (one 128B-swizzle period)
+constexpr int kStreamStageBytes = kStreamStageRows * kStreamRows * 4;  // 8 KB
+constexpr int kStreamStages = 12;         // 96 KB of words in flight per SM
+constexpr int kStreamMaxPieceUnits = 32;  // units per staged piece of x * scale (1..8 tokens)
+constexpr int kStreamXsBufs = 4;          // pieces staged ahead
+// Stager warps per xs buffer (set_stream_stagers, runtime): 1 or 2, the piece's batches split
+// between them.
+constexpr int kStreamMaxBufStagers = 2;
+// Token tiles of 8 (template parameter kTT, 1 or 2): pieces of 32 / kTT units keep xs within
+// 4 x 17 KB; xs row stride in halves, 32 mod 64 (fmma_xs_stride: token rows g and g+1 of one
+// 16-byte fragment load in different bank halves).
+__host__ __device__ constexpr int stream_piece_units(int tok_tiles) {
+  return kStreamMaxPieceUnits / tok_tiles;
+}
+__host__ __device__ constexpr int stream_xs_stride(int tok_tiles) {
+  return stream_piece_units(tok_tiles) * 32 + 32;
+}
+
+__host__ __device__ constexpr int stream_threads(int groups, int buf_stagers) {
+  return 32 * (kStreamSlabs * groups + 1 + kStreamXsBufs * buf_stagers);
+}
+
+// Static shared memory: the pair tables (one copy per bank) and the single table (u32, value in
+// the low half), 45.5 KB, at addresses known at compile time (a lookup is then one LDS with the
+// table's offset folded in). Dynamic, in this order from a 1024-byte aligned base (the 128B
+// swizzle repeats every 1024 bytes): the ring (per slab: kStreamStages boxes of 8 word rows x
+// 128 bytes, so a slab's word rows are consecutive modulo the ring), xs buffers
+// [m][stream_xs_stride] halves, piece depths, piece terms [buf][stager][16], the barriers;
+// plus 1 KB for the alignment.
+constexpr int kStreamRingRows = kStreamStages * kStreamStageRows;  // word rows in the ring
+__host__ __device__ constexpr int stream_smem_bytes(int m, int tok_tiles) {
+  return 1024 + kStreamStages * kStreamStageBytes +
+         kStreamXsBufs * m * stream_xs_stride(tok_tiles) * 2 +
+         kStreamXsBufs * kStreamMaxPieceUnits + kStreamXsBufs * kStreamMaxBufStagers * 16 * 4 + 16 +
+         (2 * kStreamStages + 2 * kStreamXsBufs) * 8;
+}
+constexpr int kStreamStaticSmemBytes = kFmmaPairEntries * 32 * 4 + 512 * 4;
+
+struct StreamParams : DecodeParams {
+  std::uint32_t pair_table[kFmmaPairEntries];  // depths 1..4: (T_B[q], T_B[q']) in the mma type
+  std::uint16_t table[512];                    // T_B[q] in the mma type (entry 2^B - 2 + q)
+  int buf_stagers;                             // stager warps per xs buffer (1 or 2)
+};
+
+// The piece of the block's flattened unit range that starts at `flat`: chunk, first unit, count
+// (at most kPiece, never across a chunk or the range's end). Every role walks the same sequence.
+template <int kPiece>
+struct StreamPiece {
+  int chunk, unit0, n;
+  __device__ __forceinline__ StreamPiece(std::int64_t flat, std::int64_t end, int units) {
+    chunk = static_cast<int>(flat / units);
+    unit0 = static_cast<int>(flat - static_cast<std::int64_t>(chunk) * units);
+    n = static_cast<int>(min(static_cast<std::int64_t>(min(kPiece, units - unit0)), end - flat));
+  }
+};
+
+template <int kR>
+__device__ __forceinline__ std::uint32_t quad_word(const uint4& v) {
+  if constexpr (kR == 0) return v.x;
+  else if constexpr (kR == 1) return v.y;
+  else if constexpr (kR == 2) return v.z;
+  else return v.w;
+}
+
+// A register from window pair (j, j+1) of a depth <= 4 row: the pair's 2B bits masked in place
+// (LOP3), then shifted to bit 7 and added to the lane's table base in one LEA / LEA.HI, and one
+// shared load. `lane_base`: shared-window address of the depth's table plus 4 * lane (entry e of
+// lane l at word 32 e + l). fmma_pair's generic-pointer form cost an extra add per lookup here.
+template <int kB, int kJ>
+__device__ __forceinline__ std::uint32_t stream_pair(const Window<kB>& w, std::uint32_t lane_base) {
+  constexpr int kLo = kJ * kB;
+  constexpr std::uint32_t kMask = ((1u << (2 * kB)) - 1u) << kLo;
+  std::uint32_t v;
+  if constexpr (kLo < 7) {
+    // In PTX so that the AND stays before the shift (C++ gets rewritten to shift-then-AND, which
+    // costs a separate add).
+    asm volatile(
+        "{\n .reg .b32 t;\n and.b32 t, %1, %2;\n shl.b32 t, t, %3;\n add.u32 t, t, %4;\n"
+        " ld.shared.b32 %0, [t];\n}\n"
+        : "=r"(v)
+        : "r"(w.lo), "n"(kMask), "n"(7 - kLo), "r"(lane_base));
+  } else {
+    const std::uint32_t addr = lane_base + ((w.lo & kMask) >> (kLo - 7));
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  }
+  return v;
+}
+
+// The 8 A registers (two k-steps) of one m16 tile: mma row g is quad word kRa of the lane's word
+// rows, mma row g + 8 quad word kRb.
+template <int kB, int kRa, int kRb>
+__device__ __forceinline__ void stream_tile_a(std::uint32_t (&a0)[4], std::uint32_t (&a1)[4],
+                                              const uint4 (&w)[lane_words(kB)], int offset,
+                                              std::uint32_t pairs_lane,
+                                              const std::uint32_t* table) {
+  constexpr int kW = lane_words(kB);
+  std::uint32_t wa[kW], wb[kW];
+#pragma unroll
+  for (int i = 0; i < kW; ++i) {
+    wa[i] = quad_word<kRa>(w[i]);
+    wb[i] = quad_word<kRb>(w[i]);
+  }
+  const Window<kB> ra = Window<kB>::make(wa, offset), rb = Window<kB>::make(wb, offset);
+  if constexpr (kB <= kFmmaPairMaxDepth) {
+    const std::uint32_t pb = pairs_lane + 128 * pair_table_start(kB);
+    fill_a<kB>(a0, a1, ra, rb, [&](const Window<kB>& w, auto j) {
+      return stream_pair<kB, decltype(j)::value>(w, pb);
+    });
+  } else {
+    const std::uint32_t* tb = table + ((1 << kB) - 2);
+    fill_a<kB>(a0, a1, ra, rb, [&](const Window<kB>& w, auto j) {
+      return fmma_single_pair<kB, decltype(j)::value>(w, tb);
+    });
+  }
+}
+
+// One unit of depth kB whose first word row sits at row `ring_row` of the slab's ring, for the
+// warp's 32 rows: the lane's word rows (one 16-byte load each: its 4 rows), two m16 tiles of 2
+// mma each. Word rows past the unit's last only fill window bits >= 8B (never read); they stay
+// inside the ring.
+template <typename M, int kB, int kTT>
+__device__ __forceinline__ void stream_unit(float (&acc)[kTT][2][4],
+                                            const unsigned char* slab_ring, int ring_row, int g,
+                                            int t4, std::uint32_t pairs_lane,
+                                            const std::uint32_t* table, const uint4 (&xv)[kTT]) {
+  constexpr int kW = lane_words(kB);
+  const int first = (8 * t4 * kB) >> 5, offset = (8 * t4 * kB) & 31;
+  uint4 w[kW];
+#pragma unroll
+  for (int k = 0; k < kW; ++k) {
+    int r = ring_row + first + k;
+    r -= r >= kStreamRingRows ? kStreamRingRows : 0;
+    w[k] = *reinterpret_cast<const uint4*>(slab_ring + r * 128 + 16 * ((g ^ r) & 7));
+  }
+  std::uint32_t a0[4], a1[4];
+  stream_tile_a<kB, 0, 1>(a0, a1, w, offset, pairs_lane, table);
+#pragma unroll
+  for (int nt = 0; nt < kTT; ++nt) {
+    mma_16816<M>(acc[nt][0], a0, xv[nt].x, xv[nt].y);
+    mma_16816<M>(acc[nt][0], a1, xv[nt].z, xv[nt].w);
+  }
+  stream_tile_a<kB, 2, 3>(a0, a1, w, offset, pairs_lane, table);
+#pragma unroll
+  for (int nt = 0; nt < kTT; ++nt) {
+    mma_16816<M>(acc[nt][1], a0, xv[nt].x, xv[nt].y);
+    mma_16816<M>(acc[nt][1], a1, xv[nt].z, xv[nt].w);
+  }
+}
+
+template <typename M, int kTT>
+__device__ __forceinline__ void stream_unit_any(int depth, float (&acc)[kTT][2][4],
+                                                const unsigned char* slab_ring, int ring_row, int g,
+                                                int t4, std::uint32_t pairs_lane,
+                                                const std::uint32_t* table,
+                                                const uint4 (&xv)[kTT]) {
+#define RADIO_STREAM_CASE(B) \
+  case B: stream_unit<M, B, kTT>(acc, slab_ring, ring_row, g, t4, pairs_lane, table, xv); break;
+  switch (depth) {
+    RADIO_STREAM_CASE(1)
+    RADIO_STREAM_CASE(2)
+    RADIO_STREAM_CASE(3)
+    RADIO_STREAM_CASE(4)
+    RADIO_STREAM_CASE(5)
+    RADIO_STREAM_CASE(6)
+    RADIO_STREAM_CASE(7)
+    RADIO_STREAM_CASE(8)
+    default: break;
+  }
+#undef RADIO_STREAM_CASE
+}
+
+template <typename Act, int kGroups, int kTT>
+__global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers), 1)
+    stream_kernel(const __grid_constant__ StreamParams p, const __grid_constant__ CUtensorMap tmap) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using M = typename MmaTypeOf<Act>::type;
+  constexpr int kConsumers = kStreamSlabs * kGroups;  // warps
+  constexpr int kTokens = 8 * kTT;
+  constexpr int kPiece = stream_piece_units(kTT);
+  constexpr int kXsStride = stream_xs_stride(kTT);
+  extern __shared__ unsigned char smem_raw[];
+  // Aligned by an offset added to smem_raw itself: a pointer rebuilt from an integer loses the
+  // shared address space, and every access became a generic 64-bit load (SASS LD.E, not LDS).
+  unsigned char* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
+  __shared__ uint4 s_pairs[kFmmaPairEntries * 8];
+  __shared__ std::uint32_t s_table[512];
+  const int m = p.m;
+  unsigned char* ring = smem;
+  std::uint16_t* s_xs = reinterpret_cast<std::uint16_t*>(ring + kStreamStages * kStreamStageBytes);
+  const int xs_buf_halves = m * kXsStride;
+  std::uint8_t* s_depth = reinterpret_cast<std::uint8_t*>(s_xs + kStreamXsBufs * xs_buf_halves);
+  float* s_term = reinterpret_cast<float*>(s_depth + kStreamXsBufs * kStreamMaxPieceUnits);
+  int* s_flag = reinterpret_cast<int*>(s_term + kStreamXsBufs * kStreamMaxBufStagers * 16);
+  std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(s_flag + 4);
+  std::uint64_t* stage_full = bars;
+  std::uint64_t* stage_empty = stage_full + kStreamStages;
+  std::uint64_t* xs_full = stage_empty + kStreamStages;
+  std::uint64_t* xs_empty = xs_full + kStreamXsBufs;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int units = p.units;
+  const std::int64_t total = static_cast<std::int64_t>(p.n / kStreamRows) * units;
+  const std::int64_t begin = total * blockIdx.x / gridDim.x;
+  const std::int64_t end = total * (blockIdx.x + 1) / gridDim.x;
+
+  if (tid == 0) {
+    for (int s = 0; s < kStreamStages; ++s) {
+      mbar_init(&stage_full[s], 1);
+      mbar_init(&stage_empty[s], kConsumers);
+    }
+    for (int b = 0; b < kStreamXsBufs; ++b) {
+      mbar_init(&xs_full[b], 32 * p.buf_stagers);  // the buffer's stager warps
+      mbar_init(&xs_empty[b], kConsumers);
+    }
+    mbar_init_fence();
+  }
+  // Tables (all depths: the block serves many units).
+  for (int i = tid; i < kFmmaPairEntries * 8; i += blockDim.x) {
+    const std::uint32_t v = p.pair_table[i >> 3];
+    s_pairs[i] = make_uint4(v, v, v, v);
+  }
+  for (int i = tid; i < 512; i += blockDim.x) s_table[i] = p.table[i];
+  __syncthreads();
+  if (begin >= end) return;
+
+  // The stream: word rows [row_begin, row_end) of qweight, in stages of 8 rows from row_begin.
+  const std::int64_t row_begin = p.unit_offset[begin] / kStreamRows;
+  const std::int64_t row_end =
+      (p.unit_offset[end - 1] + static_cast<std::int64_t>(p.depth[end - 1]) * kStreamRows) /
+      kStreamRows;
+  const int n_stages = static_cast<int>((row_end - row_begin + kStreamStageRows - 1) /
+                                        kStreamStageRows);
+
+  if (warp == kConsumers) {  // producer
+    if (lane == 0) {
+      const std::uint64_t policy = l2_evict_first_policy();
+      for (int j = 0; j < n_stages; ++j) {
+        const int s = j % kStreamStages, use = j / kStreamStages;
+        if (use > 0) mbar_wait(&stage_empty[s], (use - 1) & 1);
+        mbar_arrive_expect_tx(&stage_full[s], kStreamStageBytes);
+        const int y = static_cast<int>(row_begin + static_cast<std::int64_t>(j) * kStreamStageRows);
+#pragma unroll
+        for (int slab = 0; slab < kStreamSlabs; ++slab)
+          tma_load_2d(ring + slab * (kStreamStages * 1024) + s * 1024, &tmap, 32 * slab, y,
+                      &stage_full[s], policy);
+      }
+    }
+    return;
+  }
+
+  if (warp > kConsumers) {  // stagers: warp sw stages pieces k with k % kStreamXsBufs == sw % 4
+    // A warp per piece, not four warps on each: a piece's loads are two dependent gathers
+    // (col_perm, then x), and with the four warps sharing one piece at a time the block waited on
+    // those round trips piece after piece (session 10: ~16 us per piece, twice the decode's time).
+    // Lane = column of a unit, so every load and store of a batch is coalesced along the piece.
+    const int sw = warp - kConsumers - 1;
+    const int my_buf = sw % kStreamXsBufs, half = sw / kStreamXsBufs;  // half < p.buf_stagers
+    const Act* xt = static_cast<const Act*>(p.xt);
+    // Units per batch (a batch's loads are all in flight at once): 8 at one token; with more, the
+    // x runs of a batch take 16 registers per lane (kMultiBatch * run bytes = 64; 32 spilled in
+    // the 16-consumer-warp build, whose 672 threads get 80 registers each).
+    constexpr int kRunVecs = (kTokens * static_cast<int>(sizeof(Act)) + 15) / 16;
+    constexpr int kMultiBatch = kRunVecs >= 4 ? 1 : 4 / kRunVecs;
+    static_assert(kPiece % 8 == 0 && kPiece % kMultiBatch == 0, "a piece is whole batches");
+    int k = 0;
+    for (std::int64_t flat = begin; flat < end; ++k) {
+      const StreamPiece<kPiece> pc(flat, end, units);
+      flat += pc.n;
+      if (k % kStreamXsBufs != my_buf) continue;
+      const int buf = my_buf, use = k / kStreamXsBufs;
+      if (use > 0) mbar_wait(&xs_empty[buf], (use - 1) & 1);
+      std::uint16_t* xs = s_xs + buf * xs_buf_halves;
+      const std::int64_t pos0 = static_cast<std::int64_t>(pc.chunk) * p.padded_k + 32 * pc.unit0;
+      float term[kTokens];
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) term[t] = 0.f;
+      auto stage_batches = [&](auto batch_c, auto single_c) {
+        constexpr int kBatch = decltype(batch_c)::value;
+        constexpr bool kSingle = decltype(single_c)::value;
+        constexpr int kT = kSingle ? 1 : kTokens;
+        for (int v0 = half * kBatch; v0 < pc.n; v0 += p.buf_stagers * kBatch) {
+          int col[kBatch];
+          float sc[kBatch], lc[kBatch];
+#pragma unroll
+          for (int r = 0; r < kBatch; ++r) {
+            const int i = 32 * (v0 + r) + lane;
+            col[r] = p.k;
+            sc[r] = lc[r] = 0.f;
+            if (v0 + r < pc.n) {  // uniform across the warp
+              col[r] = p.col_perm[pos0 + i];
+              sc[r] = __half2float(p.scale[pos0 + i]);
+              lc[r] = __half2float(p.loc[pos0 + i]);
+            }
+          }
+          // Every x load of the batch in flight at once: padding columns (col >= k) read column
+          // 0 and are zeroed after the load.
+          union MultiRun {
+            uint4 v[kRunVecs];
+            Act a[kRunVecs * 16 / sizeof(Act)];
+          };
+          struct SingleRun {
+            Act a[1];
+          };
+          std::conditional_t<kSingle, SingleRun, MultiRun> run[kBatch];
+#pragma unroll
+          for (int r = 0; r < kBatch; ++r) {
+            const int c = col[r] < p.k ? col[r] : 0;
+            if constexpr (kSingle) {
+              run[r].a[0] = xt[c];
+            } else {
+#pragma unroll
+              for (int i = 0; i < kRunVecs; ++i)
+                run[r].v[i] = __ldg(reinterpret_cast<const uint4*>(
+                                        xt + static_cast<std::int64_t>(c) * kTokens) + i);
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < kBatch; ++r) {
+            if (v0 + r >= pc.n) continue;
+            const int i = 32 * (v0 + r) + lane;
+            const bool real = col[r] < p.k;
+#pragma unroll
+            for (int t = 0; t < kT; ++t) {
+              if (t < m) {
+                const float xv = real ? to_float(run[r].a[t]) : 0.f;
+                xs[t * kXsStride + i] = bits16<M>(sc[r] * xv);
+                term[t] = fmaf(lc[r], xv, term[t]);
+              }
+            }
+          }
+        }
+      };
+      if (m == 1)
+        stage_batches(std::integral_constant<int, 8>{}, std::true_type{});
+      else
+        stage_batches(std::integral_constant<int, kMultiBatch>{}, std::false_type{});
+      if (half == 0 && lane < pc.n) s_depth[buf * kStreamMaxPieceUnits + lane] = p.depth[
+          static_cast<std::int64_t>(pc.chunk) * units + pc.unit0 + lane];
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) term[t] += __shfl_xor_sync(0xffffffffu, term[t], o);
+      }
+      if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < kTokens; ++t)
+          s_term[(buf * kStreamMaxBufStagers + half) * 16 + t] = term[t];
+      }
+      mbar_arrive(&xs_full[buf]);
+    }
+    return;
+  }
+
+  // Consumers.
+  const int slab = warp % kStreamSlabs, group = warp / kStreamSlabs;
+  const int g = lane >> 2, t4 = lane & 3;
+  const std::uint32_t pairs_lane = smem_addr(s_pairs) + 4u * static_cast<std::uint32_t>(lane);
+  const unsigned char* slab_ring = ring + slab * (kStreamStages * 1024);
+  Act* y = static_cast<Act*>(p.y);
+  float acc[kTT][2][4];
+  int pos = 0;       // word rows of the stream behind the current unit
+  int ring_row = 0;  // pos modulo kStreamRingRows
+  // Stages this warp has seen full (the next one's slot and phase parity), and released.
+  int waited = 0, wait_slot = 0, released = 0, release_slot = 0;
+  unsigned wait_parity = 0;
+  auto wait_next_stage = [&]() {
+    mbar_wait(&stage_full[wait_slot], wait_parity);
+    ++waited;
+    if (++wait_slot == kStreamStages) {
+      wait_slot = 0;
+      wait_parity ^= 1u;
+    }
+  };
+  int chunk = -1, seg_units = 0;
+
+  // Adds the warp's partial sums of `chunk` to the workspace; the block that completes the
+  // chunk's unit count writes its rows of y.
+  auto finish_chunk = [&]() {
+#pragma unroll
+    for (int nt = 0; nt < kTT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = 8 * nt + 2 * t4 + (e & 1);
+          if (tok >= m) continue;
+          const int row = 32 * slab + 4 * g + 2 * h + (e >> 1);
+          atomicAdd(p.workspace + (static_cast<std::int64_t>(chunk) * kStreamRows + row) * m + tok,
+                    acc[nt][h][e]);
+        }
+    __threadfence();
+    named_barrier(1, 32 * kConsumers);
+    if (tid == 0) *s_flag = atomicAdd(p.counters + chunk, seg_units) + seg_units == units;
+    named_barrier(1, 32 * kConsumers);
+    if (*s_flag) {
+      __threadfence();
+      const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * kStreamRows;
+      for (int i = tid; i < kStreamRows * m; i += 32 * kConsumers) {
+        const int row = i / m, t = i - row * m;
+        const std::int64_t prow = perm_row0 + row;
+        const int orig = p.row_perm[prow];
+        const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
+        y[static_cast<std::int64_t>(t) * p.n + orig] =
+            from_float<Act>(__ldcg(p.workspace + prow * m + t) + b);
+      }
+      if (tid == 0) p.counters[chunk] = 0;
+    }
+  };
+
+  int k = 0;
+  for (std::int64_t flat = begin; flat < end; ++k) {
+    const StreamPiece<kPiece> pc(flat, end, units);
+    flat += pc.n;
+    const int buf = k % kStreamXsBufs;
+    mbar_wait(&xs_full[buf], (k / kStreamXsBufs) & 1);
+    if (pc.chunk != chunk) {
+      if (chunk >= 0) finish_chunk();
+      chunk = pc.chunk;
+      seg_units = 0;
+#pragma unroll
+      for (int nt = 0; nt < kTT; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[nt][h][e] = 0.f;
+    }
+    seg_units += pc.n;
+    if (group == 0) {  // the piece's chunk term, once per row
+#pragma unroll
+      for (int nt = 0; nt < kTT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int tok = 8 * nt + 2 * t4 + e;
+          if (tok >= m) continue;
+          float term = s_term[buf * kStreamMaxBufStagers * 16 + tok];
+          if (p.buf_stagers == 2) term += s_term[(buf * kStreamMaxBufStagers + 1) * 16 + tok];
+          acc[nt][0][e] += term;
+          acc[nt][0][e + 2] += term;
+          acc[nt][1][e] += term;
+          acc[nt][1][e + 2] += term;
+        }
+    }
+    const std::uint8_t* depths = s_depth + buf * kStreamMaxPieceUnits;
+    const std::uint16_t* xs = s_xs + buf * xs_buf_halves;
+    for (int v = 0; v < pc.n; ++v) {
+      const int d = depths[v];
+      if (d > 0 && v % kGroups == group) {
+        const int need = (pos + d - 1) / kStreamStageRows;
+#pragma unroll 1
+        while (waited <= need) wait_next_stage();
+        uint4 xv[kTT];
+#pragma unroll
+        for (int nt = 0; nt < kTT; ++nt) {
+          const int tok = 8 * nt + g;
+          xv[nt] = tok < m ? *reinterpret_cast<const uint4*>(xs + tok * kXsStride + 32 * v + 8 * t4)
+                           : make_uint4(0u, 0u, 0u, 0u);
+        }
+        stream_unit_any<M, kTT>(d, acc, slab_ring, ring_row, g, t4, pairs_lane, s_table, xv);
+      }
+      pos += d;
+      ring_row += d;
+      ring_row -= ring_row >= kStreamRingRows ? kStreamRingRows : 0;
+      // Stages wholly behind pos go back to the producer, each after this warp saw it full (an
+      // arrival must count in the phase of that use of the slot).
+      const int done = pos / kStreamStageRows;
+      if (released < done) {
+#pragma unroll 1
+        while (waited < done) wait_next_stage();
+        __syncwarp();
+#pragma unroll 1
+        for (; released < done; ++released) {
+          if (lane == 0) mbar_arrive(&stage_empty[release_slot]);
+          if (++release_slot == kStreamStages) release_slot = 0;
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&xs_empty[buf]);
+  }
+  if (chunk >= 0) finish_chunk();
+  // No copy may land after the block exits.
+#pragma unroll 1
+  while (waited < n_stages) wait_next_stage();
+#else
+  __trap();  // sm_90 only: select_config.cu never picks this kernel elsewhere
+#endif
+}
+
+}  // namespace radio::cuda
