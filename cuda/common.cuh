@@ -8,6 +8,12 @@
 
 namespace radio::cuda {
 
+// The 32-bit shared-window address of a shared-memory pointer (the operand of PTX shared::cta
+// instructions: cp.async, ldmatrix, mbarrier, TMA).
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
 // Element type codes used across the pybind boundary (python/radio/ops.py _CUDA_DTYPE_CODE).
 enum class DType : int { kHalf = 0, kBFloat16 = 1, kFloat = 2 };
 

@@ -79,8 +79,8 @@ void set_gemv_max_tokens(int tokens);
 void set_fmma_tokens(int min_tokens, int max_tokens, int large_max_tokens);
 std::array<int, 3> fmma_tokens();
 // Token counts the stream path takes (default: see select_config.cu; min > max: never; max at
-// most kStreamMaxTokens), checked first, and its consumer warp groups (1 or 2);
-// and only on layers of at least min_chunk_units chunks x units (256-row chunks x ceil(K / 32)).
+// most kStreamMaxTokens), checked first, on layers of at least min_chunk_units chunks x units
+// (256-row chunks x ceil(K / 32)); then its consumer warp groups (1 or 2).
 void set_stream_tokens(int min_tokens, int max_tokens, std::int64_t min_chunk_units);
 std::array<std::int64_t, 3> stream_tokens();
 void set_stream_groups(int groups);

@@ -6,11 +6,9 @@
 
 #include <cstdint>
 
-namespace radio::cuda {
+#include "common.cuh"  // smem_addr
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
+namespace radio::cuda {
 
 // An mbarrier expecting `count` arrivals per phase.
 __device__ __forceinline__ void mbar_init(std::uint64_t* bar, unsigned count) {
