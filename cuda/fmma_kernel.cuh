@@ -138,6 +138,20 @@ __device__ __forceinline__ void fill_a(std::uint32_t (&a0)[4], std::uint32_t (&a
   a1[3] = lookup(rb, j6);
 }
 
+// The mma B fragments of unit u for the lane: token rows 8 nt + g of xs ([token][stride] halves
+// of x * scale), 8 halves from position 32 u + 8 t4; rows past m read as zeros. Shared with
+// stream_kernel.cuh.
+template <int kTT>
+__device__ __forceinline__ void load_x_fragments(uint4 (&xv)[kTT], const std::uint16_t* xs,
+                                                 int stride, int u, int g, int t4, int m) {
+#pragma unroll
+  for (int nt = 0; nt < kTT; ++nt) {
+    const int tok = 8 * nt + g;
+    xv[nt] = tok < m ? *reinterpret_cast<const uint4*>(xs + tok * stride + 32 * u + 8 * t4)
+                     : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
 // One unit of depth kB for the warp's 16 rows: the lane's window of rows g and g + 8 from the
 // slot, 8 A registers, 2 mma per token tile.
 template <typename M, int kB, int kTT>
@@ -327,12 +341,7 @@ __global__ void __launch_bounds__(512, 2) fmma_kernel(const FmmaParams p) {
     const int d = s_depth[u];
     if (d > 0 && warp_rows) {
       uint4 xv[kTT];
-#pragma unroll
-      for (int nt = 0; nt < kTT; ++nt) {
-        const int tok = 8 * nt + g;
-        xv[nt] = tok < m ? *reinterpret_cast<const uint4*>(xs + tok * xs_stride + 32 * u + 8 * t4)
-                         : make_uint4(0u, 0u, 0u, 0u);
-      }
+      load_x_fragments<kTT>(xv, xs, xs_stride, u, g, t4, m);
       fmma_unit_any<M, kTT>(d, acc, ring + (u % kFmmaStages) * slot_words, plane_stride, row_a,
                             t4, pairs, s_table, lane4, xv);
     }

@@ -88,11 +88,17 @@ int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
 int g_fmma_min_tokens = 3, g_fmma_max_tokens = 32;  // set_fmma_tokens()
 int g_fmma_large_max_tokens = 24;  // the most tokens fmma takes above kFmmaQmmaChunkUnits
 constexpr std::int64_t kFmmaQmmaChunkUnits = 32768;
-// The stream kernel: off by default. Its first version (RESULTS.md session 10) beat fmma at 16
-// tokens on large layers but ran at half gemv's speed at 1 token; the rewritten stagers are not
-// yet timed against gemv/fmma beside it (bench_gemm --compare-stream).
-int g_stream_min_tokens = 1, g_stream_max_tokens = 0;
-std::int64_t g_stream_min_chunk_units = 0;  // smaller layers keep gemv / fmma
+// The stream kernel for 4..16 tokens on layers of at least 4096 chunks x units. H100, RESULTS.md
+// session 11, 16 consumer warps and 8 stager warps, against fmma beside it at 4, 8 and 16 tokens
+// on 49152x12288, 8192x28672 and 4096x11008 at 3 and 4 bpw: faster or equal everywhere (4 bpw,
+// 16 tokens: 300.7 against 351.2 us, 129.5 against 178.3, 50.7 against 69.4; 8 tokens: 250.3
+// against 267.3, 109.0 against 130.8, 40.1 against 47.3; 4 tokens: 255.8 against 256.0, 107.0
+// against 123.1, 37.2 against 42.2); 12 tokens beat or tied fmma on every shape from 5504
+// chunk-units up in the call before the consumer loop change (which made 16 tokens 11% faster).
+// It loses on 4096x4096 (2048 chunk-units: 39.8 against 36.0 at 16 tokens) and at 1 token (238.4
+// against gemv's 142.5 us), so 1..3 tokens and smaller layers keep gemv / fmma.
+int g_stream_min_tokens = 4, g_stream_max_tokens = 16;
+std::int64_t g_stream_min_chunk_units = 4096;  // smaller layers keep fmma
 int g_stream_groups = 2;
 int g_stream_buf_stagers = 2;
 int g_stream_max_blocks = 0;  // set_stream_max_blocks(): tests (long ranges on small layers); 0: SMs

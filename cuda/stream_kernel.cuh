@@ -10,7 +10,8 @@
 //   (docs/format.md: chunk c's words follow chunk c-1's; unit u+1's follow unit u's), so a block
 //   takes a range of (chunk, unit) in flattened order and one thread streams its word rows (256
 //   words of one unit depth plane) with cp.async.bulk.tensor into a ring of stages, no matter
-//   where units begin or end; the consumers find a unit from the running sum of depths;
+//   where units begin or end; the consumers find a unit from the prefix sums of depths that the
+//   stagers write per piece;
 // - the TMA writes each 128-byte line of 32 rows with the 128-byte swizzle, 16-byte quad q of
 //   word row i at quad q ^ (i % 8): the 4 lanes t of one row group read 4 different word rows
 //   of the same quad without bank conflicts;
@@ -46,7 +47,8 @@
 
 #include "common.cuh"
 #include "decode.cuh"
-#include "fmma_kernel.cuh"  // kFmmaPairEntries, fill_a, fmma_single_pair, pair_table_start
+#include "fmma_kernel.cuh"  // kFmmaPairEntries, fill_a, fmma_single_pair, pair_table_start,
+                            // load_x_fragments
 #include "tma.cuh"
 #include "transpose_x.cuh"
 
@@ -81,13 +83,15 @@ __host__ __device__ constexpr int stream_threads(int groups, int buf_stagers) {
 // table's offset folded in). Dynamic, in this order from a 1024-byte aligned base (the 128B
 // swizzle repeats every 1024 bytes): the ring (per slab: kStreamStages boxes of 8 word rows x
 // 128 bytes, so a slab's word rows are consecutive modulo the ring), xs buffers
-// [m][stream_xs_stride] halves, piece depths, piece terms [buf][stager][16], the barriers;
+// [m][stream_xs_stride] halves, piece units (u32 per unit: depth | word rows of the piece before
+// it << 8), piece terms [buf][stager][16], the barriers;
 // plus 1 KB for the alignment.
 constexpr int kStreamRingRows = kStreamStages * kStreamStageRows;  // word rows in the ring
 __host__ __device__ constexpr int stream_smem_bytes(int m, int tok_tiles) {
   return 1024 + kStreamStages * kStreamStageBytes +
          kStreamXsBufs * m * stream_xs_stride(tok_tiles) * 2 +
-         kStreamXsBufs * kStreamMaxPieceUnits + kStreamXsBufs * kStreamMaxBufStagers * 16 * 4 + 16 +
+         kStreamXsBufs * kStreamMaxPieceUnits * 4 +
+         kStreamXsBufs * kStreamMaxBufStagers * 16 * 4 + 16 +
          (2 * kStreamStages + 2 * kStreamXsBufs) * 8;
 }
 constexpr int kStreamStaticSmemBytes = kFmmaPairEntries * 32 * 4 + 512 * 4;
@@ -244,8 +248,11 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   unsigned char* ring = smem;
   std::uint16_t* s_xs = reinterpret_cast<std::uint16_t*>(ring + kStreamStages * kStreamStageBytes);
   const int xs_buf_halves = m * kXsStride;
-  std::uint8_t* s_depth = reinterpret_cast<std::uint8_t*>(s_xs + kStreamXsBufs * xs_buf_halves);
-  float* s_term = reinterpret_cast<float*>(s_depth + kStreamXsBufs * kStreamMaxPieceUnits);
+  // Per unit of a staged piece: depth | (word rows of the piece's units before it) << 8, so a
+  // consumer warp visits only its own group's units and still knows where each one starts.
+  std::uint32_t* s_unit =
+      reinterpret_cast<std::uint32_t*>(s_xs + kStreamXsBufs * xs_buf_halves);
+  float* s_term = reinterpret_cast<float*>(s_unit + kStreamXsBufs * kStreamMaxPieceUnits);
   int* s_flag = reinterpret_cast<int*>(s_term + kStreamXsBufs * kStreamMaxBufStagers * 16);
   std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(s_flag + 4);
   std::uint64_t* stage_full = bars;
@@ -292,7 +299,7 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
       const std::uint64_t policy = l2_evict_first_policy();
       for (int j = 0; j < n_stages; ++j) {
         const int s = j % kStreamStages, use = j / kStreamStages;
-        if (use > 0) mbar_wait(&stage_empty[s], (use - 1) & 1);
+        if (use > 0) mbar_wait_sleep<500>(&stage_empty[s], (use - 1) & 1);
         mbar_arrive_expect_tx(&stage_full[s], kStreamStageBytes);
         const int y = static_cast<int>(row_begin + static_cast<std::int64_t>(j) * kStreamStageRows);
 #pragma unroll
@@ -324,7 +331,7 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
       flat += pc.n;
       if (k % kStreamXsBufs != my_buf) continue;
       const int buf = my_buf, use = k / kStreamXsBufs;
-      if (use > 0) mbar_wait(&xs_empty[buf], (use - 1) & 1);
+      if (use > 0) mbar_wait_sleep<2000>(&xs_empty[buf], (use - 1) & 1);
       std::uint16_t* xs = s_xs + buf * xs_buf_halves;
       const std::int64_t pos0 = static_cast<std::int64_t>(pc.chunk) * p.padded_k + 32 * pc.unit0;
       float term[kTokens];
@@ -390,8 +397,20 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
         stage_batches(std::integral_constant<int, 8>{}, std::true_type{});
       else
         stage_batches(std::integral_constant<int, kMultiBatch>{}, std::false_type{});
-      if (half == 0 && lane < pc.n) s_depth[buf * kStreamMaxPieceUnits + lane] = p.depth[
-          static_cast<std::int64_t>(pc.chunk) * units + pc.unit0 + lane];
+      if (half == 0) {  // lane = unit of the piece: its depth and the piece's rows before it
+        const int d = lane < pc.n
+                          ? p.depth[static_cast<std::int64_t>(pc.chunk) * units + pc.unit0 + lane]
+                          : 0;
+        int rows = d;  // inclusive prefix sum over the lanes
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const int r = __shfl_up_sync(0xffffffffu, rows, o);
+          if (lane >= o) rows += r;
+        }
+        if (lane < pc.n)
+          s_unit[buf * kStreamMaxPieceUnits + lane] =
+              static_cast<std::uint32_t>(d) | (static_cast<std::uint32_t>(rows - d) << 8);
+      }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
 #pragma unroll
@@ -414,7 +433,7 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   const unsigned char* slab_ring = ring + slab * (kStreamStages * 1024);
   Act* y = static_cast<Act*>(p.y);
   float acc[kTT][2][4];
-  int pos = 0;       // word rows of the stream behind the current unit
+  int pos = 0;       // word rows of the stream behind the current piece
   int ring_row = 0;  // pos modulo kStreamRingRows
   // Stages this warp has seen full (the next one's slot and phase parity), and released.
   int waited = 0, wait_slot = 0, released = 0, release_slot = 0;
@@ -496,29 +515,12 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
           acc[nt][1][e + 2] += term;
         }
     }
-    const std::uint8_t* depths = s_depth + buf * kStreamMaxPieceUnits;
+    const std::uint32_t* infos = s_unit + buf * kStreamMaxPieceUnits;
     const std::uint16_t* xs = s_xs + buf * xs_buf_halves;
-    for (int v = 0; v < pc.n; ++v) {
-      const int d = depths[v];
-      if (d > 0 && v % kGroups == group) {
-        const int need = (pos + d - 1) / kStreamStageRows;
-#pragma unroll 1
-        while (waited <= need) wait_next_stage();
-        uint4 xv[kTT];
-#pragma unroll
-        for (int nt = 0; nt < kTT; ++nt) {
-          const int tok = 8 * nt + g;
-          xv[nt] = tok < m ? *reinterpret_cast<const uint4*>(xs + tok * kXsStride + 32 * v + 8 * t4)
-                           : make_uint4(0u, 0u, 0u, 0u);
-        }
-        stream_unit_any<M, kTT>(d, acc, slab_ring, ring_row, g, t4, pairs_lane, s_table, xv);
-      }
-      pos += d;
-      ring_row += d;
-      ring_row -= ring_row >= kStreamRingRows ? kStreamRingRows : 0;
-      // Stages wholly behind pos go back to the producer, each after this warp saw it full (an
-      // arrival must count in the phase of that use of the slot).
-      const int done = pos / kStreamStageRows;
+    // Stages wholly behind word row `upto` go back to the producer, each after this warp saw it
+    // full (an arrival must count in the phase of that use of the slot).
+    auto release_behind = [&](int upto) {
+      const int done = static_cast<int>(static_cast<unsigned>(upto) / kStreamStageRows);
       if (released < done) {
 #pragma unroll 1
         while (waited < done) wait_next_stage();
@@ -529,6 +531,35 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
           if (++release_slot == kStreamStages) release_slot = 0;
         }
       }
+    };
+    // Only this group's units: the stagers' prefix sums say where each one starts, so the warp
+    // does not walk the other group's units (session 11, ncu: that walk and its bookkeeping were
+    // ~27 of the ~110 instructions the warp issued per decoded unit at 1 token).
+    for (int v = group; v < pc.n; v += kGroups) {
+      const std::uint32_t info = infos[v];
+      const int d = static_cast<int>(info & 0xffu);
+      const int before = static_cast<int>(info >> 8);  // the piece's word rows before unit v
+      const int upos = pos + before;
+      if (d > 0) {
+        const int need = static_cast<int>(static_cast<unsigned>(upos + d - 1) / kStreamStageRows);
+#pragma unroll 1
+        while (waited <= need) wait_next_stage();
+        // ring_row < kStreamRingRows, before <= 31 * 8: the sum is below 4 ring lengths.
+        const int row = static_cast<int>(static_cast<unsigned>(ring_row + before) %
+                                         static_cast<unsigned>(kStreamRingRows));
+        uint4 xv[kTT];
+        load_x_fragments<kTT>(xv, xs, kXsStride, v, g, t4, m);
+        stream_unit_any<M, kTT>(d, acc, slab_ring, row, g, t4, pairs_lane, s_table, xv);
+      }
+      release_behind(upos + d);
+    }
+    {  // past the piece: its last unit ends the word rows it covers
+      const std::uint32_t last = infos[pc.n - 1];
+      const int piece_rows = static_cast<int>(last >> 8) + static_cast<int>(last & 0xffu);
+      pos += piece_rows;
+      ring_row = static_cast<int>(static_cast<unsigned>(ring_row + piece_rows) %
+                                  static_cast<unsigned>(kStreamRingRows));
+      release_behind(pos);
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(&xs_empty[buf]);

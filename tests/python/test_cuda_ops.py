@@ -100,7 +100,8 @@ def test_gemv_and_qmma_when_fmma_is_off():
 
 
 def _expected_kernel(tokens: int) -> str:
-    """The default routing for chunks of <= 256 rows (cuda/select_config.cu)."""
+    """The default routing for chunks of <= 256 rows (cuda/select_config.cu) on layers the stream
+    kernel does not take (N not a multiple of 256, or fewer than 4096 chunk-units)."""
     return "gemv" if tokens <= 2 else "fmma" if tokens <= 32 else "qmma"
 
 
@@ -406,6 +407,20 @@ def test_stream_not_taken_where_it_does_not_apply(stream_on):
     assert _cuda.config(1, 1000, 512, 256)["kernel"] != "stream"
     assert _cuda.config(16, 512, 512, 256)["kernel"] == "stream"
     assert _cuda.config(17, 512, 512, 256)["kernel"] != "stream"
+
+
+def test_stream_default_routing():
+    """The default (cuda/select_config.cu): the stream kernel takes 4..16 tokens on layers of at
+    least 4096 chunks x units (sm_90); 1..3 tokens and smaller layers keep gemv / fmma."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90 (TMA)")
+    assert _cuda.stream_tokens() == (4, 16, 4096)
+    for tokens, n, k, kernel in ((16, 49152, 12288, "stream"), (4, 4096, 11008, "stream"),
+                                 (12, 11008, 4096, "stream"), (16, 4096, 4096, "fmma"),
+                                 (3, 49152, 12288, "fmma"), (17, 49152, 12288, "fmma"),
+                                 (1, 49152, 12288, "gemv"), (16, 4000, 11008, "fmma")):
+        assert _cuda.config(tokens, n, k, 256)["kernel"] == kernel, (tokens, n, k)
+    assert _cuda.config(16, 49152, 12288, 128)["kernel"] == "fmma"  # 128-row chunks
 
 
 def test_stream_min_chunk_units(stream_on):
