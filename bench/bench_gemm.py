@@ -9,7 +9,9 @@ reads its weights from HBM (more than 2x the L2). Prints a table:
   shape, bpw (achieved), tokens, f16 us, radio us, speedup, fraction of the measured HBM read
   bandwidth that radio's reads reach ("bytes the kernel must read" = every tensor the kernel
   reads as it is passed to it: int32 permutations, the int32 unit offsets, x) / time / read bw,
-  the same fraction for f16, and the kernel that ran (gemv: 1..8 tokens; mma: tensor cores).
+  the same fraction for f16, and the kernel that ran (cuda/select_config.cu: gemv, fmma,
+  stream<groups> on sm_90 layers of >= 4096 chunk-units at 4..16 tokens, qmma, dequant / kernel
+  for prefill).
 
 The read bandwidth is bytes / time of a 2 GiB torch.sum (reads only); the copy bandwidth (read +
 write bytes of a 2 GiB device-to-device copy) is printed for reference.
