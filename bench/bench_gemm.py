@@ -47,9 +47,12 @@ DEFAULT_STREAM_STAGERS = 2  # stager warps per xs buffer, cuda/select_config.cu
 
 
 def stream_setting(path: str) -> tuple:
-    """'stream<groups>' or 'stream<groups>s<stagers per buffer>' -> (groups, stagers)."""
-    groups, _, stagers = path[len("stream"):].partition("s")
-    return int(groups), int(stagers) if stagers else DEFAULT_STREAM_STAGERS
+    """'stream<groups>[s<stagers per buffer>][b<most blocks>]' -> (groups, stagers, blocks);
+    blocks 0: one per SM (the default)."""
+    rest, _, blocks = path[len("stream"):].partition("b")
+    groups, _, stagers = rest.partition("s")
+    return (int(groups), int(stagers) if stagers else DEFAULT_STREAM_STAGERS,
+            int(blocks) if blocks else 0)
 
 
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
@@ -174,7 +177,7 @@ def copies_for(bytes_per_copy: int) -> int:
 
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
-        stream_groups=(), stream_stagers=()) -> None:
+        stream_groups=(), stream_stagers=(), stream_blocks=()) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_fmma = _cuda.fmma_tokens()  # (min, max, max on very large layers) for fmma
     fmma_on, fmma_off = (1, 32, 32), (1, 0, 0)
@@ -237,8 +240,10 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     _cuda.set_stream_tokens(*stream_off)
                     without = _cuda.config(tokens, n, k, GS)["kernel"]
                     _cuda.set_stream_tokens(*default_stream)
-                    extra += ([f"stream{g}s{s}" for g in stream_groups for s in stream_stagers]
-                              if stream_stagers else [f"stream{g}" for g in stream_groups])
+                    bases = ([f"stream{g}s{s}" for g in stream_groups for s in stream_stagers]
+                             if stream_stagers else [f"stream{g}" for g in stream_groups])
+                    for base in bases:
+                        extra += [base] + [f"{base}b{b}" for b in stream_blocks]
                     extra += [without]
                 if paths == ["stream"]:  # the default: label it with its group count
                     paths = [f"stream{DEFAULT_STREAM_GROUPS}"]
@@ -249,9 +254,10 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     _cuda.set_fmma_tokens(*(fmma_on if path == "fmma" else fmma_off))
                     _cuda.set_stream_tokens(*(stream_on if kernel == "stream" else stream_off))
                     if kernel == "stream":
-                        groups, stagers = stream_setting(path)
+                        groups, stagers, blocks = stream_setting(path)
                         _cuda.set_stream_groups(groups)
                         _cuda.set_stream_stagers(stagers)
+                        _cuda.set_stream_max_blocks(blocks)
                     if tokens <= 8 and path != "fmma":
                         _cuda.set_gemv_max_tokens(8 if path == "gemv" else 0)
                     # the row is labelled with the kernel that runs, or not timed
@@ -263,6 +269,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     _cuda.set_stream_tokens(*default_stream)
                     _cuda.set_stream_groups(DEFAULT_STREAM_GROUPS)
                     _cuda.set_stream_stagers(DEFAULT_STREAM_STAGERS)
+                    _cuda.set_stream_max_blocks(0)
                     if trad is None:
                         print(f"  ({path} cannot take {n}x{k} at {tokens} tokens: {runs} would run)")
                         continue
@@ -328,6 +335,9 @@ def main() -> None:
     ap.add_argument("--stream-stagers", type=int, nargs="*", default=[], choices=(1, 2),
                     metavar="N", help="with --compare-stream: time each group count at these "
                                       "stager warps per buffer (1: 4 warps, 2: 8)")
+    ap.add_argument("--stream-blocks", type=int, nargs="*", default=[], metavar="N",
+                    help="with --compare-stream: also time each setting with at most N blocks "
+                         "(set_stream_max_blocks; default one per SM), e.g. for small layers")
     ap.add_argument("--compare-fmma", action="store_true",
                     help="time 1..32 tokens on the fmma kernel and on the kernel (gemv or qmma) "
                          "they take without it, side by side")
@@ -349,7 +359,8 @@ def main() -> None:
     rows: list = []
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
-        args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers)
+        args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
+        args.stream_blocks)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
