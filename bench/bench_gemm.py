@@ -194,9 +194,10 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                 for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
             if not checked:
                 for t in sorted({1, 16, *[x for x in tokens_list if x <= 64]}):
-                    settings = ([(fmma_off, default_stream, DEFAULT_STREAM_GROUPS), (fmma_on, default_stream, DEFAULT_STREAM_GROUPS)]
-                                if compare_fmma and t <= 32 else
-                                [(default_fmma, default_stream, DEFAULT_STREAM_GROUPS)])
+                    # (fmma limits, stream limits, stream groups) of each check
+                    fmma_ranges = ([fmma_off, fmma_on] if compare_fmma and t <= 32
+                                   else [default_fmma])
+                    settings = [(f, default_stream, DEFAULT_STREAM_GROUPS) for f in fmma_ranges]
                     if t <= 16:
                         settings += [(default_fmma, stream_on, g) for g in stream_groups]
                     for fmma_range, stream_range, groups in settings:

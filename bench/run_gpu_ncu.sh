@@ -2,7 +2,8 @@
 # One device call: build radio, then ncu (stall reasons, scheduler, memory, occupancy) of the
 # qlinear kernels on 49152x12288 at NCU_BPW (default 4.0) for the token counts NCU_TOKENS
 # (default "1 16"), with the fmma kernel taking 1..FMMA tokens (default 32; FMMA=0: off).
-# STREAM=N: the stream kernel takes 1..N tokens (sm_90; default 0: off), with STREAM_GROUPS (2).
+# STREAM=N: the stream kernel takes 1..N tokens on any layer (sm_90; 0: off; unset: the library's
+# default, 4..16 tokens on layers of >= 4096 chunk-units), with STREAM_GROUPS (2).
 # NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of the kernel
 # matching NCU_SOURCE_KERNEL (default fmma_kernel), 1 launch (CSV).
 # NO_BUILD=1 skips the build (after bench/run_gpu_kernels.sh in the same call).
@@ -22,7 +23,8 @@ from bench_gemm import make_layer
 from radio import ops
 from radio._ext import _cuda
 _cuda.set_fmma_tokens(1, ${FMMA:-32}, ${FMMA:-32})
-_cuda.set_stream_tokens(1, ${STREAM:-0})
+if "${STREAM:-}":
+    _cuda.set_stream_tokens(1, int("${STREAM:-0}"))
 _cuda.set_stream_groups(${STREAM_GROUPS:-2})
 layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:

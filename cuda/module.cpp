@@ -225,7 +225,11 @@ PYBIND11_MODULE(_cuda, m) {
       [](int tokens, int n, int k, int gs) {
         const auto c = qlinear_config(tokens, n, k, gs);
         py::dict d;
-        d["kernel"] = c.stream ? "stream" : c.fmma ? "fmma" : c.gemv ? "gemv" : c.qmma ? "qmma" : "mma";
+        d["kernel"] = c.stream ? "stream"
+                      : c.fmma ? "fmma"
+                      : c.gemv ? "gemv"
+                      : c.qmma ? "qmma"
+                               : "mma";
         d["gemv_tokens"] = c.gemv_tokens;
         d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;

@@ -205,8 +205,8 @@ std::string encode_stream_map(const LayerPtrs& layer, std::uintptr_t spare, CUte
   const bool empty = layer.qweight_words == 0;
   const std::uintptr_t base = empty ? spare : layer.qweight;
   if (base % 16 != 0) return "radio._cuda stream: qweight must be 16-byte aligned";
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(kStreamRows),
-                              empty ? 1u : static_cast<cuuint64_t>(layer.qweight_words / kStreamRows)};
+  const cuuint64_t rows = empty ? 1u : static_cast<cuuint64_t>(layer.qweight_words / kStreamRows);
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(kStreamRows), rows};
   const cuuint64_t strides[1] = {kStreamRows * 4};
   const cuuint32_t box[2] = {32, kStreamStageRows};
   const cuuint32_t elem_strides[2] = {1, 1};
@@ -231,8 +231,9 @@ std::string launch_stream_as(StreamParams& p, const CUtensorMap& map, std::uintp
   return cuda_error(launch_stream<Act>(p, map, c, s), "stream launch");
 }
 
-std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                   std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
+                          std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
+                          cudaStream_t s) {
   StreamParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   CUtensorMap map;
@@ -276,7 +277,8 @@ std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
                     std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
                     std::uintptr_t stream) {
   if (c.stream)
-    return stream_qlinear(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
+    return stream_qlinear(x, dtype, m, layer, y, workspace, c,
+                          reinterpret_cast<cudaStream_t>(stream));
   if (c.fmma)
     return fmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
   if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));

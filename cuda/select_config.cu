@@ -17,8 +17,8 @@
 // taking an equal share of the layer's chunk-units in flattened order; 8 or 16 consumer warps
 // (set_stream_groups), 4 or 8 stager warps (set_stream_stagers), token tiles of 8 (1 or 2:
 // template parameter); only on layers of at least g_stream_min_chunk_units chunks x units.
-// qlinear, 3..32 tokens (set_fmma_tokens; checked before gemv; 25..32 on very large layers go to qmma),
-// chunks of at most 256 rows:
+// qlinear, 3..32 tokens (set_fmma_tokens; checked before gemv; 25..32 on very large layers go to
+// qmma), chunks of at most 256 rows:
 // unit words by cp.async, pair-table decode into mma fragments (fmma_kernel.cuh):
 // - token tiles of 8 (1, 2 or 4: template parameter), one warp per 16 rows of a chunk;
 // - K split: the gemv rule's waves at 2 blocks per SM (~80-110 KB of shared memory each), at
@@ -186,16 +186,18 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
 int device_cc_major() {
   int dev = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   return err == cudaSuccess ? major : -1;
 }
 
 bool stream_applies(int m, int n, int k, int gs) {
   return m >= g_stream_min_tokens && m <= g_stream_max_tokens && gs == kStreamRows &&
          n % kStreamRows == 0 &&
-         static_cast<std::int64_t>(n / kStreamRows) * ceil_div(k, 32) >= g_stream_min_chunk_units &&
+         static_cast<std::int64_t>(n / kStreamRows) * ceil_div(k, 32) >=
+             g_stream_min_chunk_units &&
          device_cc_major() >= 9 &&
-         stream_smem_bytes(m, m <= 8 ? 1 : 2) + kStreamStaticSmemBytes <=
+         stream_smem_bytes(m, stream_tok_tiles(m)) + kStreamStaticSmemBytes <=
              device_smem_per_block_optin();
 }
 
@@ -203,7 +205,7 @@ QlinearConfig select_stream_config(int m, int n, int k, int sm_count) {
   QlinearConfig c;
   c.stream = true;
   c.stream_groups = g_stream_groups;
-  c.tok_tiles = m <= 8 ? 1 : 2;
+  c.tok_tiles = stream_tok_tiles(m);
   c.stream_buf_stagers = g_stream_buf_stagers;
   c.threads = stream_threads(c.stream_groups, c.stream_buf_stagers);
   const int chunks = n / kStreamRows;

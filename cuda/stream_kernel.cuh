@@ -67,6 +67,7 @@ constexpr int kStreamMaxBufStagers = 2;
 // Token tiles of 8 (template parameter kTT, 1 or 2): pieces of 32 / kTT units keep xs within
 // 4 x 17 KB; xs row stride in halves, 32 mod 64 (fmma_xs_stride: token rows g and g+1 of one
 // 16-byte fragment load in different bank halves).
+__host__ __device__ constexpr int stream_tok_tiles(int m) { return m <= 8 ? 1 : 2; }
 __host__ __device__ constexpr int stream_piece_units(int tok_tiles) {
   return kStreamMaxPieceUnits / tok_tiles;
 }

@@ -298,18 +298,25 @@ def test_fmma_every_output_written(n, k, gs, tokens, fmma_on):
     assert (cfg["splits"] == 1) == (k <= 32 * cfg["units_per_split"]), cfg
 
 
-def test_fmma_sanitize_small(fmma_on):
-    """Small fmma launches of every copy width, token tile and dtype (run under compute-sanitizer
-    by the device script: -k sanitize_small)."""
+def _check_small_launches(shapes, token_dtypes, seed, *context):
+    """qlinear on each (N, K, gs) layer of both quantizers at each (tokens, dtype), against the
+    float64 reference (the sanitize_small tests: few, small launches for compute-sanitizer)."""
     for quantizer in (0, 1):
-        for (n, k, gs) in ((300, 77, 128), (1000, 1100, 256), (517, 333, 64)):
-            layer, w64 = _layer(n, k, gs, quantizer, seed=70 + quantizer)
-            for tokens, dtype in ((1, torch.float16), (3, torch.bfloat16), (16, torch.float32),
-                                  (32, torch.float16)):
+        for (n, k, gs) in shapes:
+            layer, w64 = _layer(n, k, gs, quantizer, seed=seed + quantizer)
+            for tokens, dtype in token_dtypes:
                 x = torch.randn(tokens, k, device="cuda").to(dtype)
                 y = ops.qlinear(x, **layer)
                 err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
-                assert err < BUDGET[dtype], (n, k, tokens, dtype, err)
+                assert err < BUDGET[dtype], (n, k, tokens, dtype, *context, err)
+
+
+def test_fmma_sanitize_small(fmma_on):
+    """Small fmma launches of every copy width, token tile and dtype (run under compute-sanitizer
+    by the device script: -k sanitize_small)."""
+    _check_small_launches(((300, 77, 128), (1000, 1100, 256), (517, 333, 64)),
+                          ((1, torch.float16), (3, torch.bfloat16), (16, torch.float32),
+                           (32, torch.float16)), 70)
 
 
 def _check_graph_replay(layer, w64, token_counts):
@@ -459,15 +466,9 @@ def test_stream_sanitize_small(stream_on, stream_setting):
         _cuda.set_stream_groups(groups)
         _cuda.set_stream_max_blocks(blocks)
         _cuda.set_stream_stagers(stagers)
-        for quantizer in (0, 1):
-            for (n, k) in ((256, 77), (1024, 1100)):
-                layer, w64 = _layer(n, k, 256, quantizer, seed=97 + quantizer)
-                for tokens, dtype in ((1, torch.float16), (3, torch.bfloat16),
-                                      (8, torch.float32), (13, torch.float16)):
-                    x = torch.randn(tokens, k, device="cuda").to(dtype)
-                    y = ops.qlinear(x, **layer)
-                    err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
-                    assert err < BUDGET[dtype], (n, k, tokens, dtype, groups, blocks, err)
+        _check_small_launches(((256, 77, 256), (1024, 1100, 256)),
+                              ((1, torch.float16), (3, torch.bfloat16), (8, torch.float32),
+                               (13, torch.float16)), 97, groups, blocks, stagers)
 
 
 def test_stream_cuda_graph_replay(stream_on):
