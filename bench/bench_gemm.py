@@ -9,7 +9,8 @@ reads its weights from HBM (more than 2x the L2). Prints a table:
   shape, bpw (achieved), tokens, f16 us, radio us, speedup, fraction of the measured HBM read
   bandwidth that radio's reads reach ("bytes the kernel must read" = every tensor the kernel
   reads as it is passed to it: int32 permutations, the int32 unit offsets, x) / time / read bw,
-  the same fraction for f16, and the kernel that ran (cuda/select_config.cu: gemv, fmma,
+  the same fraction for f16, and the kernel that ran (cuda/select_config.cu: gemv_h2 (one
+  token, f16: hgemv_kernel.cuh), gemv, fmma,
   stream<groups> on sm_90 layers of >= 4096 chunk-units at 4..16 tokens, qmma, dequant / kernel
   for prefill).
 
@@ -41,6 +42,7 @@ PREFILL_RATE = 4.0
 GS = 256
 L2_BYTES = 50 * 2 ** 20
 DEFAULT_GEMV_WAVES = 6  # cuda/select_config.cu
+DEFAULT_H2_WAVES = 2  # the half2 one-token kernel's, cuda/select_config.cu
 DEFAULT_GEMV_MAX_TOKENS = 4  # cuda/select_config.cu
 DEFAULT_STREAM_GROUPS = 2  # cuda/select_config.cu
 DEFAULT_STREAM_STAGERS = 2  # stager warps per xs buffer, cuda/select_config.cu
@@ -53,6 +55,12 @@ def stream_setting(path: str) -> tuple:
     groups, _, stagers = rest.partition("s")
     return (int(groups), int(stagers) if stagers else DEFAULT_STREAM_STAGERS,
             int(blocks) if blocks else 0)
+
+
+def path_name(cfg: dict) -> str:
+    """The kernel an f16 call with this launch configuration runs (_cuda.config): its "kernel",
+    or gemv_h2 where one token takes the half2 kernel (hgemv_kernel.cuh)."""
+    return "gemv_h2" if cfg["kernel"] == "gemv" and cfg["gemv_h2"] else cfg["kernel"]
 
 
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
@@ -177,8 +185,9 @@ def copies_for(bytes_per_copy: int) -> int:
 
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
-        stream_groups=(), stream_stagers=(), stream_blocks=()) -> None:
+        stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
+    default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
     default_fmma = _cuda.fmma_tokens()  # (min, max, max on very large layers) for fmma
     fmma_on, fmma_off = (1, 32, 32), (1, 0, 0)
     default_stream = _cuda.stream_tokens()
@@ -200,15 +209,19 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     settings = [(f, default_stream, DEFAULT_STREAM_GROUPS) for f in fmma_ranges]
                     if t <= 16:
                         settings += [(default_fmma, stream_on, g) for g in stream_groups]
-                    for fmma_range, stream_range, groups in settings:
+                    h2_settings = [0, -1] if compare_h2 and t == 1 else [default_h2]
+                    settings = [s + (h,) for s in settings for h in h2_settings]
+                    for fmma_range, stream_range, groups, h2 in settings:
                         _cuda.set_fmma_tokens(*fmma_range)
                         _cuda.set_stream_tokens(*stream_range)
                         _cuda.set_stream_groups(groups)
+                        _cuda.set_gemv_h2_min_chunk_units(h2)
                         err = check(first, t, gen)
-                        kernel = _cuda.config(t, n, k, GS)["kernel"]
+                        kernel = path_name(_cuda.config(t, n, k, GS))
                         _cuda.set_fmma_tokens(*default_fmma)
                         _cuda.set_stream_tokens(*default_stream)
                         _cuda.set_stream_groups(DEFAULT_STREAM_GROUPS)
+                        _cuda.set_gemv_h2_min_chunk_units(default_h2)
                         status = "ok" if err < 4e-3 else "FAIL"
                         print(f"check {n}x{k} {bpw} bpw tokens={t} ({kernel}): rel err {err:.2e} "
                               f"{status}", flush=True)
@@ -227,8 +240,10 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 # faster of two graphs is the f16 time.
                 t16 = min(time_graph(f16_calls), time_graph(f16_calls))
                 paths = (["dequant", "kernel"] if tokens > 64 else
-                         [_cuda.config(tokens, n, k, GS)["kernel"]])
+                         [path_name(_cuda.config(tokens, n, k, GS))])
                 extra = []
+                if compare_h2 and tokens == 1:
+                    extra += ["gemv_h2", "gemv"]  # the half2 kernel beside the f32 one
                 if compare_small and 1 < tokens <= 8:
                     extra += ["gemv", "qmma"]  # the threshold between the two
                 if compare_fmma and tokens <= 32:
@@ -251,6 +266,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 paths += [p for i, p in enumerate(extra) if p not in paths and p not in extra[:i]]
                 for path in paths:
                     kernel = "stream" if path.startswith("stream") else path
+                    if kernel in ("gemv", "gemv_h2"):
+                        _cuda.set_gemv_h2_min_chunk_units(0 if kernel == "gemv_h2" else -1)
                     ops.PREFILL_PATH = path if tokens > 64 else "dequant"
                     _cuda.set_fmma_tokens(*(fmma_on if path == "fmma" else fmma_off))
                     _cuda.set_stream_tokens(*(stream_on if kernel == "stream" else stream_off))
@@ -260,11 +277,12 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                         _cuda.set_stream_stagers(stagers)
                         _cuda.set_stream_max_blocks(blocks)
                     if tokens <= 8 and path != "fmma":
-                        _cuda.set_gemv_max_tokens(8 if path == "gemv" else 0)
+                        _cuda.set_gemv_max_tokens(8 if kernel in ("gemv", "gemv_h2") else 0)
                     # the row is labelled with the kernel that runs, or not timed
-                    runs = _cuda.config(tokens, n, k, GS)["kernel"] if tokens <= 64 else path
+                    runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
                     trad = time_graph(radio_calls) if runs == kernel else None
                     ops.PREFILL_PATH = "dequant"
+                    _cuda.set_gemv_h2_min_chunk_units(default_h2)
                     _cuda.set_gemv_max_tokens(DEFAULT_GEMV_MAX_TOKENS)
                     _cuda.set_fmma_tokens(*default_fmma)
                     _cuda.set_stream_tokens(*default_stream)
@@ -291,20 +309,31 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
                                for i in range(max(len(layers), 20))]
                 # (the fmma kernel splits K by the same waves knob)
-                for fmma_range in [fmma_off] + ([fmma_on] if compare_fmma else []):
+                sweeps = [(f, h) for f in [fmma_off] + ([fmma_on] if compare_fmma else [])
+                          for h in ([0, -1] if compare_h2 else [default_h2])]
+                for fmma_range, h2 in sweeps:
                     _cuda.set_fmma_tokens(*fmma_range)
+                    _cuda.set_gemv_h2_min_chunk_units(h2)
+                    h2_runs = path_name(_cuda.config(1, n, k, GS)) == "gemv_h2"
                     for waves in gemv_waves:
-                        _cuda.set_gemv_waves(waves)
+                        # the knob of the kernel that runs (gemv, or the half2 one)
+                        _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES if h2_runs else waves,
+                                             waves if h2_runs else DEFAULT_H2_WAVES)
                         cfg = _cuda.config(1, n, k, GS)
+                        name = path_name(cfg)
+                        splits, units = ((cfg["h2_splits"], cfg["h2_units_per_split"])
+                                         if name == "gemv_h2" else
+                                         (cfg["splits"], cfg["units_per_split"]))
                         trad = time_graph(radio_calls)
-                        print(f"  {cfg['kernel']} sweep {n}x{k}: waves {waves:>2} splits "
-                              f"{cfg['splits']:>3} units/block {cfg['units_per_split']:>3}: "
+                        print(f"  {name} sweep {n}x{k}: waves {waves:>2} splits "
+                              f"{splits:>3} units/block {units:>3}: "
                               f"{trad:8.2f} us", flush=True)
                         out_rows.append(dict(n=n, k=k, target_bpw=bpw, tokens=1,
-                                             path=f"{cfg['kernel']}-sweep", waves=waves,
-                                             splits=cfg["splits"], radio_us=trad))
+                                             path=f"{name}-sweep", waves=waves,
+                                             splits=splits, radio_us=trad))
                 _cuda.set_fmma_tokens(*default_fmma)
-                _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES)
+                _cuda.set_gemv_h2_min_chunk_units(default_h2)
+                _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES, DEFAULT_H2_WAVES)
             del layers, first
         del w16
         torch.cuda.empty_cache()
@@ -342,6 +371,8 @@ def main() -> None:
     ap.add_argument("--compare-fmma", action="store_true",
                     help="time 1..32 tokens on the fmma kernel and on the kernel (gemv or qmma) "
                          "they take without it, side by side")
+    ap.add_argument("--compare-h2", action="store_true",
+                    help="time 1 token on the half2 kernel (gemv_h2) and on gemv side by side")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -361,7 +392,7 @@ def main() -> None:
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
-        args.stream_blocks)
+        args.stream_blocks, args.compare_h2)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

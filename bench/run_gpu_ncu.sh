@@ -6,6 +6,7 @@
 # default, 4..16 tokens on layers of >= 4096 chunk-units), with STREAM_GROUPS (2).
 # NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of the kernel
 # matching NCU_SOURCE_KERNEL (default fmma_kernel), 1 launch (CSV).
+# H2_BOTH=1: one token runs on the half2 kernel (hgemv_kernel, the default) and then on gemv.
 # NO_BUILD=1 skips the build (after bench/run_gpu_kernels.sh in the same call).
 # Usage (repository root, .deps carried): [FMMA=0] [STREAM=8] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
 set -uo pipefail
@@ -29,6 +30,11 @@ _cuda.set_stream_groups(${STREAM_GROUPS:-2})
 layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
     ops.qlinear(torch.randn(tokens, 12288, device="cuda").half(), **layer)
+    if tokens == 1 and "${H2_BOTH:-}":  # one token on gemv too (the half2 kernel is the default)
+        before = _cuda.gemv_h2_min_chunk_units()
+        _cuda.set_gemv_h2_min_chunk_units(-1)
+        ops.qlinear(torch.randn(1, 12288, device="cuda").half(), **layer)
+        _cuda.set_gemv_h2_min_chunk_units(before)
 torch.cuda.synchronize()
 PY
 timeout 300 ncu --kernel-name regex:"fmma_kernel|gemv_kernel|qmma_kernel|stream_kernel" --launch-count 2 \

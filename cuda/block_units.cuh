@@ -51,6 +51,30 @@ __device__ __forceinline__ void load_block_units(const std::uint8_t* depth,
   if (lane == 0 && max_depth > 0) atomicMax(s_max_depth, max_depth);
 }
 
+// col_perm, scale and loc of the kStage staged positions base + j * stride (j < kStage) of a
+// block whose positions start at pos0, all loads issued before any use (the x gather depends on
+// col_perm: the block's startup latency). Positions past npos read position npos - 1 (in bounds);
+// the caller skips them.
+template <int kStage>
+struct PositionMeta {
+  int col[kStage];
+  float scale[kStage], loc[kStage];
+};
+template <int kStage>
+__device__ __forceinline__ PositionMeta<kStage> load_position_meta(const DecodeParams& p,
+                                                                   std::int64_t pos0, int base,
+                                                                   int stride, int npos) {
+  PositionMeta<kStage> m;
+#pragma unroll
+  for (int j = 0; j < kStage; ++j) {
+    const int i = min(base + j * stride, npos - 1);
+    m.col[j] = p.col_perm[pos0 + i];
+    m.scale[j] = __half2float(p.scale[pos0 + i]);
+    m.loc[j] = __half2float(p.loc[pos0 + i]);
+  }
+  return m;
+}
+
 // After every block of a K split has added its f32 partials to the workspace (permuted row prow,
 // token t at ws[prow * ws_stride + t]): the chunk's last block (the one that brings *counter to
 // splits; it resets it) writes y[t, row_perm[prow]] = partial + bias for its rows_c rows and m

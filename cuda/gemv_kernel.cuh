@@ -239,20 +239,13 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   // A position's tokens are one run of xt (transpose_x.cuh), zero beyond m.
   constexpr int kStage = 4;
   for (int base = tid; base < npos; base += kStage * nthreads) {
-    int col[kStage];
-    float sc[kStage], lc[kStage];
-#pragma unroll
-    for (int j = 0; j < kStage; ++j) {
-      const int i = min(base + j * nthreads, npos - 1);
-      col[j] = p.col_perm[pos0 + i];
-      sc[j] = __half2float(p.scale[pos0 + i]);
-      lc[j] = __half2float(p.loc[pos0 + i]);
-    }
+    const PositionMeta<kStage> meta = load_position_meta<kStage>(p, pos0, base, nthreads, npos);
     float xv[kStage][kTokens];
 #pragma unroll
     for (int j = 0; j < kStage; ++j) {
-      if (col[j] < p.k) {
-        load_token_column<Act, kTokens>(xt + static_cast<std::int64_t>(col[j]) * kTokens, xv[j]);
+      if (meta.col[j] < p.k) {
+        load_token_column<Act, kTokens>(xt + static_cast<std::int64_t>(meta.col[j]) * kTokens,
+                                        xv[j]);
       } else {
 #pragma unroll
         for (int t = 0; t < kTokens; ++t) xv[j][t] = 0.f;
@@ -264,8 +257,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
       if (i >= npos) break;
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        xs[t * xs_stride + i] = sc[j] * xv[j][t];
-        term[t] = fmaf(lc[j], xv[j][t], term[t]);
+        xs[t * xs_stride + i] = meta.scale[j] * xv[j][t];
+        term[t] = fmaf(meta.loc[j], xv[j][t], term[t]);
       }
     }
   }

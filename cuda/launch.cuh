@@ -10,6 +10,7 @@
 #include "dequant_kernel.cuh"
 #include "fmma_kernel.cuh"
 #include "gemv_kernel.cuh"
+#include "hgemv_kernel.cuh"
 #include "qmma_kernel.cuh"
 #include "ops.hpp"
 #include "qlinear_kernel.cuh"
@@ -113,6 +114,10 @@ cudaError_t launch_dequant(const DequantParams& p, const DequantConfig& c, cudaS
 // the quantizer is only the table's contents).
 template <typename Act>
 cudaError_t launch_gemv(const GemvParams& p, const QlinearConfig& c, cudaStream_t stream);
+
+// instances/gemv_f16.cu: the half2 one-token kernel (f16 activations only), with the config's
+// h2_* launch fields.
+cudaError_t launch_hgemv(const HgemvParams& p, const QlinearConfig& c, cudaStream_t stream);
 
 template <typename Act>
 cudaError_t launch_qmma(const QmmaParams& p, const QlinearConfig& c, cudaStream_t stream);

@@ -138,11 +138,26 @@ PYBIND11_MODULE(_cuda, m) {
         "Workspace bytes qlinear needs (0 when it writes y directly).");
   m.def(
       "set_gemv_waves",
-      [](int waves) {
+      [](int waves, int h2_waves) {
         RADIO_CHECK(waves >= 1 && waves <= 64, "waves must be in 1..64, got ", waves);
-        radio::cuda::set_gemv_waves(waves);
+        RADIO_CHECK(h2_waves >= 1 && h2_waves <= 64, "h2 waves must be in 1..64, got ", h2_waves);
+        radio::cuda::set_gemv_waves(waves, h2_waves);
       },
-      py::arg("waves"), "Benchmark tuning: waves of blocks the decode path's K split aims at.");
+      py::arg("waves"), py::arg("h2_waves") = 2,
+      "Benchmark tuning: waves of blocks the decode path's K split aims at (gemv, and the half2 "
+      "one-token kernel).");
+  m.def(
+      "set_gemv_h2_min_chunk_units",
+      [](std::int64_t min_chunk_units) {
+        RADIO_CHECK(min_chunk_units >= -1, "gemv h2 min chunk-units must be >= -1 (-1: never), "
+                    "got ", min_chunk_units);
+        radio::cuda::set_gemv_h2_min_chunk_units(min_chunk_units);
+      },
+      py::arg("min_chunk_units"),
+      "Benchmark tuning: f16 one-token calls on layers of at least this many chunks x units take "
+      "the half2 kernel (-1: never).");
+  m.def("gemv_h2_min_chunk_units", &radio::cuda::gemv_h2_min_chunk_units,
+        "The current set_gemv_h2_min_chunk_units value.");
   m.def(
       "set_gemv_max_tokens",
       [](int tokens) {
@@ -231,6 +246,10 @@ PYBIND11_MODULE(_cuda, m) {
                       : c.qmma ? "qmma"
                                : "mma";
         d["gemv_tokens"] = c.gemv_tokens;
+        // f16 activations at one token run the half2 kernel (hgemv) with its own split
+        d["gemv_h2"] = c.gemv_h2;
+        d["h2_splits"] = c.h2_splits;
+        d["h2_units_per_split"] = c.h2_units_per_split;
         d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;
         d["warps"] = c.warps;

@@ -246,8 +246,24 @@ std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& 
   }
 }
 
+// One token, f16 activations, where the config allows it: the half2 kernel with its K split.
+std::string hgemv(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
+                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  HgemvParams p{};
+  if (std::string err = prepare_call(p, x, 1, layer, y, workspace, c, s); !err.empty()) return err;
+  p.units_per_split = c.h2_units_per_split;
+  p.splits = c.h2_splits;
+  const auto& t = tables16<__half>(static_cast<Quant>(layer.quantizer));
+  std::memcpy(p.table, t.table, sizeof p.table);
+  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+  p.xt = reinterpret_cast<const void*>(x);
+  return cuda_error(launch_hgemv(p, c, s), "hgemv launch");
+}
+
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  if (c.gemv_h2 && m == 1 && static_cast<DType>(dtype) == DType::kHalf)
+    return hgemv(x, layer, y, workspace, c, s);
   GemvParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);

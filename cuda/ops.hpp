@@ -21,6 +21,11 @@ struct QlinearConfig {
   // otherwise the older tensor-core kernel (qlinear_kernel.cuh; fields marked "mma").
   bool gemv = false;
   int gemv_tokens = 0;      // tokens the gemv instance holds (template parameter): 1, 2, 4, 8
+  // One token with f16 activations: the half2 kernel (hgemv_kernel.cuh) with its own K split
+  // (grid h2_splits along y, grid_x chunks); other activation types run gemv with the fields
+  // above. The workspace serves either.
+  bool gemv_h2 = false;
+  int h2_threads = 0, h2_units_per_split = 0, h2_splits = 0, h2_smem_bytes = 0;
   // 5..64 tokens: decode to shared memory + tensor cores (qmma_kernel.cuh); tok_tiles of 8
   // tokens (2 or 4), token groups of 32 along grid z.
   bool qmma = false;
@@ -67,12 +72,16 @@ struct DequantConfig {
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count);
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count);
 bool use_dequant_gemm(int m, int n, int k);
-// Waves of blocks the gemv K split aims at (default 6): a knob for bench/bench_gemm.py's sweep,
-// not an API; select_config.cu documents the choice.
-void set_gemv_waves(int waves);
+// Waves of blocks the gemv K split aims at (default 6), and the half2 kernel's (default 2): a
+// knob for bench/bench_gemm.py's sweep, not an API; select_config.cu documents the choice.
+void set_gemv_waves(int waves, int h2_waves);
 // Largest token count the gemv path takes (default 4, at most kGemvMaxTokens; above it qmma):
 // the other knob of the benchmark's sweep.
 void set_gemv_max_tokens(int tokens);
+// Layers of at least this many chunks x units take the half2 one-token kernel for f16
+// activations (default: see select_config.cu; -1: never): the benchmark's A/B knob.
+void set_gemv_h2_min_chunk_units(std::int64_t min_chunk_units);
+std::int64_t gemv_h2_min_chunk_units();
 // Token counts the fmma path takes (default 3..32; min > max: never; max at most
 // kFmmaMaxTokens), and the most it takes on layers above 32768 chunk-units (default 24);
 // checked before the gemv and qmma limits.

@@ -11,6 +11,11 @@
 //   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
 //   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
 //   positions x 4 bytes) within kGemvXsBytes.
+// - one token on layers of at least g_gemv_h2_min_chunk_units chunks x units: the same config
+//   also carries the half2 kernel's launch (hgemv_kernel.cuh; h2_* fields: two gemv blocks'
+//   threads, about g_h2_waves (2) waves at kHgemvBlocksPerSm blocks per SM, at most
+//   kHgemvMaxUnits units per block), which ops.cu takes for f16 activations (the config does
+//   not know the dtype; bf16 and f32 run gemv). The workspace serves either.
 // qlinear, 1..16 tokens (set_stream_tokens; checked first; default: see g_stream_min_tokens) on
 // sm_90 with 256-row chunks and N a multiple of 256: the persistent streaming kernel
 // (stream_kernel.cuh): one block per SM (grid = SMs, or fewer for layers of fewer units), each
@@ -75,10 +80,22 @@ int device_smem_per_block_optin() {
 namespace {
 constexpr int kGemvMaxRows = 256;      // rows per chunk the gemv block covers (2 per thread)
 int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
+// The half2 kernel's K split aims at fewer, longer blocks (each writes 45.5 KB of tables and
+// stages its x before its first word): H100, bench_gemm --compare-h2 --gemv-waves 1 2 3 4 6
+// (RESULTS.md session 12), 2 waves were best or within 3% of best on the 70B shapes and
+// 49152x12288 (e.g. 8192x28672 at 4 bpw: 60.5 us at 2 waves, 72.5 at 1, 81.7 at 6).
+int g_h2_waves = 2;
 // Up to 4 tokens the gemv path is faster, at 8 the qmma path (H100, bench_gemm --compare-small,
 // 4096x4096 and 49152x12288 at 3 and 4 bpw: 4 tokens 342 vs 386 us, 8 tokens 617 vs 437 us on
 // the larger shape; bench/KERNELS.md).
 int g_gemv_max_tokens = 4;  // set_gemv_max_tokens(): benchmark tuning only
+// The half2 one-token kernel (hgemv_kernel.cuh) for f16 activations on layers of at least this
+// many chunks x units (-1: never). H100, RESULTS.md session 12, side by side with gemv at 2.5, 3
+// and 4 bpw: faster on every layer from 28672 chunk-units up (49152x12288 at 4 bpw: 133.1
+// against 143.5 us; 8192x28672: 58.1 against 70.8; 28672x8192: 61.2 against 69.7), slower on
+// every layer up to 8640 (13824x5120: 35.3 against 29.5; 4096x4096: 16.3 against 14.2): each
+// block writes 45.5 KB of tables and the small layers' blocks have few units to spread it over.
+std::int64_t g_gemv_h2_min_chunk_units = 16384;
 // fmma for 3..32 tokens, from the H100 tables of RESULTS.md session 7: 1 and 2 tokens are faster
 // on gemv (49152x12288 at 4 bpw, 2 tokens: 196 against 246 us), 3..32 on fmma (4 tokens: 250
 // against 305 on gemv; 8: 271 against 334 on qmma; 17..32 on every Llama shape, e.g. 4096x4096 at
@@ -152,7 +169,25 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   c.grid_x = chunks;
   c.grid_y = c.splits;
   c.smem_bytes = gemv_smem_bytes(c.gemv_tokens, c.units_per_split);
-  if (c.splits > 1) add_split_workspace(c, static_cast<std::int64_t>(n) * c.gemv_tokens, chunks);
+  if (c.gemv_tokens == 1 && g_gemv_h2_min_chunk_units >= 0 &&
+      static_cast<std::int64_t>(chunks) * units >= g_gemv_h2_min_chunk_units) {
+    // The half2 kernel for f16 activations: the same rule at kHgemvBlocksPerSm blocks of two
+    // gemv blocks' threads per SM (its 45.5 KB of tables) and g_h2_waves waves, at most
+    // kHgemvMaxUnits units per block.
+    const int h2_want = std::max(1, ceil_div(g_h2_waves * sm_count * kHgemvBlocksPerSm, chunks));
+    const int h2_units = std::clamp(ceil_div(units, h2_want), std::min(min_units, units),
+                                    kHgemvMaxUnits);
+    if (kHgemvStaticSmemBytes + hgemv_smem_bytes(h2_units) <= device_smem_per_block_optin()) {
+      c.gemv_h2 = true;
+      c.h2_threads = kHgemvGroups * c.threads;
+      c.h2_units_per_split = h2_units;
+      c.h2_splits = ceil_div(units, h2_units);
+      c.h2_smem_bytes = hgemv_smem_bytes(h2_units);
+    }
+  }
+  // One workspace for either kernel (both: n f32 partials and a counter per chunk).
+  if (c.splits > 1 || c.h2_splits > 1)
+    add_split_workspace(c, static_cast<std::int64_t>(n) * c.gemv_tokens, chunks);
   if (c.gemv_tokens > 1) add_xt(c, k, c.gemv_tokens, 1, c.gemv_tokens);
   c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
   return c;
@@ -272,8 +307,15 @@ std::array<std::int64_t, 3> stream_tokens() {
 void set_stream_groups(int groups) { g_stream_groups = groups; }
 void set_stream_stagers(int buf_stagers) { g_stream_buf_stagers = buf_stagers; }
 void set_stream_max_blocks(int blocks) { g_stream_max_blocks = blocks; }
-void set_gemv_waves(int waves) { g_gemv_waves = waves; }
+void set_gemv_waves(int waves, int h2_waves) {
+  g_gemv_waves = waves;
+  g_h2_waves = h2_waves;
+}
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
+void set_gemv_h2_min_chunk_units(std::int64_t min_chunk_units) {
+  g_gemv_h2_min_chunk_units = min_chunk_units;
+}
+std::int64_t gemv_h2_min_chunk_units() { return g_gemv_h2_min_chunk_units; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   if (stream_applies(m, n, k, gs)) return select_stream_config(m, n, k, sm_count);

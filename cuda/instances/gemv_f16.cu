@@ -1,7 +1,16 @@
-// Decode-path instances for __half activations (launch.cuh): gemv for 1, 2, 4, 8 tokens, qmma and
-// fmma for their token tiles.
+// Decode-path instances for __half activations (launch.cuh): gemv for 1, 2, 4, 8 tokens, the
+// half2 one-token kernel, qmma and fmma for their token tiles.
 #include "../launch.cuh"
 
 namespace radio::cuda {
 RADIO_INSTANTIATE_GEMV(__half)
+
+cudaError_t launch_hgemv(const HgemvParams& p, const QlinearConfig& c, cudaStream_t stream) {
+  // The static pair tables leave less than the default 48 KB for xs: always opt in.
+  const cudaError_t err = cudaFuncSetAttribute(
+      hgemv_kernel<kHgemvGroups>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.h2_smem_bytes);
+  if (err != cudaSuccess) return err;
+  hgemv_kernel<kHgemvGroups><<<dim3(c.grid_x, c.h2_splits), c.h2_threads, c.h2_smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
 }  // namespace radio::cuda

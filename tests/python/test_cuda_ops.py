@@ -3,7 +3,8 @@
 Oracle: the float64 weight built from the drawn indices (test_ops.random_layer), so the CUDA
 paths are checked against the format itself, not against ops.py. Relative-error budgets
 (||y - ref|| / ||ref||, ref in float64 from the same x):
-- f16 activations: 4e-3 (x*scale and the laplace table rounded to f16, y rounded to f16);
+- f16 activations: 4e-3 (x*scale and the laplace table rounded to f16, y rounded to f16; the
+  one-token half2 kernel also sums each unit's 32 products in f16);
 - bf16 activations: 2.5e-2 (the same in bf16: 8-bit mantissas);
 - f32 activations: 2e-3 (the tensor-core kernels multiply x*scale in f16; the 1-4 token kernel
   reads the table values of depths 1-3 as f16 pairs).
@@ -340,6 +341,103 @@ def _check_graph_replay(layer, w64, token_counts):
 
 def test_fmma_cuda_graph_replay(fmma_on):
     _check_graph_replay(*_layer(1000, 1100, 256, 0, seed=80), (1, 16))
+
+
+@pytest.fixture
+def h2_on():
+    """Every f16 one-token call on the half2 kernel (hgemv_kernel.cuh) for the test's duration."""
+    before = _cuda.gemv_h2_min_chunk_units()
+    _cuda.set_gemv_h2_min_chunk_units(0)
+    try:
+        yield
+    finally:
+        _cuda.set_gemv_h2_min_chunk_units(before)
+
+
+def _f16_one_token_err(layer, w64, seed):
+    x = torch.randn(1, layer["in_features"], generator=torch.Generator().manual_seed(seed))
+    x = x.half().cuda()
+    y = ops.qlinear(x, **layer)
+    assert y.shape == (1, layer["out_features"]) and torch.isfinite(y).all()
+    return rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
+
+
+# the SHAPES the gemv paths take (chunks <= 256 rows), and a long K (384 units: the f16 sums of
+# many units) on a few rows
+H2_SHAPES = [s for s in SHAPES if s[2] <= 256] + [(256, 12288, 256)]
+
+
+@pytest.mark.parametrize("n,k,gs", H2_SHAPES)
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_hgemv_matches_float64(n, k, gs, quantizer, h2_on):
+    """The half2 kernel against the float64 reference, and no worse than 2x the f32 gemv kernel's
+    error on the same input beyond the f16 output rounding."""
+    layer, w64 = _layer(n, k, gs, quantizer, seed=n * 3 + k + quantizer)
+    assert _cuda.config(1, n, k, gs)["gemv_h2"]
+    err_h2 = _f16_one_token_err(layer, w64, seed=n + k)
+    assert err_h2 < BUDGET[torch.float16], err_h2
+    _cuda.set_gemv_h2_min_chunk_units(-1)
+    assert not _cuda.config(1, n, k, gs)["gemv_h2"]
+    err_f32 = _f16_one_token_err(layer, w64, seed=n + k)
+    assert err_h2 < 2 * err_f32 + 5e-4, (err_h2, err_f32)
+    # other activation types take the gemv kernel whatever the knob says
+    _cuda.set_gemv_h2_min_chunk_units(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1, k, generator=torch.Generator().manual_seed(n)).to(dtype).cuda()
+        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (dtype, err)
+
+
+@pytest.mark.parametrize("depth", list(range(0, 9)))
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_hgemv_every_single_depth(depth, quantizer, h2_on):
+    """All units at one depth: pair tables (1..4), single tables joined by a byte permute (5..8),
+    0-bit (loc only); 200 columns = 7 units: the two warp groups take 4 and 3."""
+    layer, w64 = _layer(300, 200, 128, quantizer, seed=depth + 90, depth=depth)
+    err = _f16_one_token_err(layer, w64, seed=depth)
+    assert err < BUDGET[torch.float16], err
+
+
+@pytest.mark.parametrize("n,k,gs", [(1000, 1100, 256), (1000, 32, 256), (517, 333, 64),
+                                    (37, 33, 256)])
+def test_hgemv_every_output_written(n, k, gs, h2_on):
+    """Poisoned output (NaN) on the half2 kernel, with and without a K split (one unit: group 1
+    has none; 37 rows: one warp per group, row b beyond the chunk)."""
+    cfg = _check_poisoned_output(_layer(n, k, gs, 0, seed=n + 7), 1, "gemv")
+    assert cfg["gemv_h2"], cfg
+    assert (cfg["h2_splits"] == 1) == (k <= 32 * cfg["h2_units_per_split"]), cfg
+
+
+def test_hgemv_knob_and_default():
+    """The knob's range, and the default routing (cuda/select_config.cu): f16 one-token calls on
+    layers of at least 16384 chunk-units (256-row chunks x 32-column units)."""
+    with pytest.raises(ValueError, match="gemv h2 min chunk-units must be >= -1"):
+        _cuda.set_gemv_h2_min_chunk_units(-2)
+    with pytest.raises(ValueError, match="h2 waves must be in 1..64, got 0"):
+        _cuda.set_gemv_waves(6, 0)
+    assert _cuda.gemv_h2_min_chunk_units() == 16384
+    for n, k, h2 in ((49152, 12288, True), (8192, 28672, True), (28672, 8192, True),
+                     (13824, 5120, False), (4096, 4096, False), (16384, 8192, True),
+                     (16384, 8160, False)):  # 64 chunks x 256 units, and x 255
+        assert _cuda.config(1, n, k, 256)["gemv_h2"] == h2, (n, k)
+    assert not _cuda.config(2, 49152, 12288, 256)["gemv_h2"]
+    assert not _cuda.config(1, 700, 300, 512)["gemv_h2"]  # chunks of 512 rows: the mma kernel
+    layer, w64 = _layer(300, 77, 128, 0, seed=96)
+    before = _cuda.gemv_h2_min_chunk_units()
+    try:
+        _cuda.set_gemv_h2_min_chunk_units(3 * 3)  # 3 chunks x 3 units: taken
+        assert _cuda.config(1, 300, 77, 128)["gemv_h2"]
+        _cuda.set_gemv_h2_min_chunk_units(3 * 3 + 1)
+        assert not _cuda.config(1, 300, 77, 128)["gemv_h2"]
+        assert _f16_one_token_err(layer, w64, seed=1) < BUDGET[torch.float16]
+    finally:
+        _cuda.set_gemv_h2_min_chunk_units(before)
+
+
+def test_hgemv_sanitize_small(h2_on):
+    """Small half2 launches (run under compute-sanitizer by the device script)."""
+    _check_small_launches(((300, 77, 128), (1000, 1100, 256), (517, 333, 64), (37, 33, 256)),
+                          ((1, torch.float16),), 95)
 
 
 # last: the error paths of the raw entry point
