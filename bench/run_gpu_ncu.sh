@@ -6,7 +6,8 @@
 # default, 4..16 tokens on layers of >= 4096 chunk-units), with STREAM_GROUPS (2).
 # NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of the kernel
 # matching NCU_SOURCE_KERNEL (default fmma_kernel), 1 launch (CSV).
-# H2_BOTH=1: one token runs on the half2 kernel (hgemv_kernel, the default) and then on gemv.
+# H2_BOTH=1 (with FMMA=0: otherwise fmma takes one token): one token runs on the half2 kernel
+# (hgemv_kernel, the default at 1 token on this layer) and then on gemv.
 # NO_BUILD=1 skips the build (after bench/run_gpu_kernels.sh in the same call).
 # Usage (repository root, .deps carried): [FMMA=0] [STREAM=8] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
 set -uo pipefail

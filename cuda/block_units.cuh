@@ -11,7 +11,8 @@
 
 namespace radio::cuda {
 
-// The first fields of GemvParams, QmmaParams and FmmaParams (each adds its tables after them).
+// The first fields of GemvParams, HgemvParams, QmmaParams, FmmaParams and StreamParams (each
+// adds its tables after them).
 struct DecodeParams {
   const void* x;                    // [m, k] in Act
   const void* xt;                   // x transposed and zero-padded per kernel (transpose_x.cuh),

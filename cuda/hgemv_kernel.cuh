@@ -49,9 +49,9 @@ constexpr int kHgemvBlocksPerSm = 4;      // resident blocks the K split plans f
 constexpr int kHgemvMaxUnits = 128;       // units per block: xs 8 KB
 constexpr int kHgemvFullRows = 256;       // chunk rows of the immediate-offset word loads
 // Static shared memory: pair tables, the 16-bit single table (u32 per entry), group 1's row
-// sums, the warps' chunk terms and one int.
+// sums, the warps' chunk terms and one int, plus 16 bytes for alignment (ptxas: 46672 bytes).
 constexpr int kHgemvStaticSmemBytes =
-    kFmmaPairEntries * 32 * 4 + 512 * 4 + 256 * 4 + 8 * kHgemvGroups * 4 + 4;
+    kFmmaPairEntries * 32 * 4 + 512 * 4 + 256 * 4 + 8 * kHgemvGroups * 4 + 4 + 16;
 
 struct HgemvParams : DecodeParams {
   std::uint32_t pair_table[kFmmaPairEntries];  // depths 1..4: (T_B[q], T_B[q']) as f16 halves
@@ -210,7 +210,9 @@ __device__ __forceinline__ void write_hgemv_tables(const HgemvParams& p, std::ui
   for (int i = kFirstSingle + tid; i < kTableEntries; i += nthreads) s_table[i] = p.table[i];
 }
 
-// (a template so that every translation unit including this header may carry it)
+// (a template so that every translation unit including this header may carry it). ptxas gives
+// it 64 registers, hence 4 blocks per SM; __launch_bounds__'s minimum of 4 would pin that, but it
+// changed the schedule and that build has not run on a GPU.
 template <int kGroups>
 __global__ void __launch_bounds__(128 * kGroups) hgemv_kernel(const HgemvParams p) {
   static_assert(kGroups == 2, "group 1 hands its row sums to group 0");

@@ -145,7 +145,7 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("waves"), py::arg("h2_waves") = 2,
       "Benchmark tuning: waves of blocks the decode path's K split aims at (gemv, and the half2 "
-      "one-token kernel).");
+      "one-token kernel: h2_waves, reset to its default 2 when not given).");
   m.def(
       "set_gemv_h2_min_chunk_units",
       [](std::int64_t min_chunk_units) {
@@ -154,8 +154,9 @@ PYBIND11_MODULE(_cuda, m) {
         radio::cuda::set_gemv_h2_min_chunk_units(min_chunk_units);
       },
       py::arg("min_chunk_units"),
-      "Benchmark tuning: f16 one-token calls on layers of at least this many chunks x units take "
-      "the half2 kernel (-1: never).");
+      "Benchmark tuning: f16 one-token calls on layers of at least this many chunks x units "
+      "(chunks of 193..256 rows) take the half2 kernel (-1: never; 0: every layer, any chunk "
+      "size).");
   m.def("gemv_h2_min_chunk_units", &radio::cuda::gemv_h2_min_chunk_units,
         "The current set_gemv_h2_min_chunk_units value.");
   m.def(

@@ -78,8 +78,9 @@ void set_gemv_waves(int waves, int h2_waves);
 // Largest token count the gemv path takes (default 4, at most kGemvMaxTokens; above it qmma):
 // the other knob of the benchmark's sweep.
 void set_gemv_max_tokens(int tokens);
-// Layers of at least this many chunks x units take the half2 one-token kernel for f16
-// activations (default: see select_config.cu; -1: never): the benchmark's A/B knob.
+// Layers of at least this many chunks x units, with chunks of 193..256 rows, take the half2
+// one-token kernel for f16 activations (default: see select_config.cu; -1: never; 0: every layer
+// whatever its chunk size, for tests): the benchmark's A/B knob.
 void set_gemv_h2_min_chunk_units(std::int64_t min_chunk_units);
 std::int64_t gemv_h2_min_chunk_units();
 // Token counts the fmma path takes (default 3..32; min > max: never; max at most

@@ -169,7 +169,11 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   c.grid_x = chunks;
   c.grid_y = c.splits;
   c.smem_bytes = gemv_smem_bytes(c.gemv_tokens, c.units_per_split);
-  if (c.gemv_tokens == 1 && g_gemv_h2_min_chunk_units >= 0 &&
+  // Chunks of 193..256 rows only (blocks of 2 x 128 threads, as measured), unless the knob is 0
+  // (every layer: tests): with smaller chunks a block has fewer warps but the same 45.5 KB of
+  // tables, so an SM would hold 4 blocks of 2-4 warps each (not measured).
+  const bool h2_rows = c.threads == kGemvMaxRows / 2 || g_gemv_h2_min_chunk_units == 0;
+  if (c.gemv_tokens == 1 && g_gemv_h2_min_chunk_units >= 0 && h2_rows &&
       static_cast<std::int64_t>(chunks) * units >= g_gemv_h2_min_chunk_units) {
     // The half2 kernel for f16 activations: the same rule at kHgemvBlocksPerSm blocks of two
     // gemv blocks' threads per SM (its 45.5 KB of tables) and g_h2_waves waves, at most
