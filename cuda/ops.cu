@@ -102,6 +102,15 @@ const Tables16<M>& tables16(Quant q) {
   return q == Quant::kLaplace ? laplace : uniform;
 }
 
+// The 16-bit table and the pair tables of depths 1..4 in type M into a kernel's parameters
+// (fmma, stream and hgemv take both).
+template <typename M, typename P>
+void copy_tables16(P& p, int quantizer) {
+  const Tables16<M>& t = tables16<M>(static_cast<Quant>(quantizer));
+  std::memcpy(p.table, t.table, sizeof p.table);
+  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+}
+
 // The fields every qlinear kernel's parameters share, and the zeroed workspace of a K split
 // (f32 partials and the per-row-range counters the last block resets).
 template <typename P>
@@ -157,9 +166,7 @@ std::string launch_qmma_as(QmmaParams& p, std::uintptr_t x, int m, const LayerPt
 template <typename Act>
 std::string launch_fmma_as(FmmaParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
                            std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
-  const auto& t = tables16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer));
-  std::memcpy(p.table, t.table, sizeof p.table);
-  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+  copy_tables16<typename MmaTypeOf<Act>::type>(p, layer.quantizer);
   if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
   return cuda_error(launch_fmma<Act>(p, c, s), "fmma launch");
 }
@@ -223,9 +230,7 @@ template <typename Act>
 std::string launch_stream_as(StreamParams& p, const CUtensorMap& map, std::uintptr_t x, int m,
                              const LayerPtrs& layer, std::uintptr_t workspace,
                              const QlinearConfig& c, cudaStream_t s) {
-  const auto& t = tables16<typename MmaTypeOf<Act>::type>(static_cast<Quant>(layer.quantizer));
-  std::memcpy(p.table, t.table, sizeof p.table);
-  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+  copy_tables16<typename MmaTypeOf<Act>::type>(p, layer.quantizer);
   p.buf_stagers = c.stream_buf_stagers;
   if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
   return cuda_error(launch_stream<Act>(p, map, c, s), "stream launch");
@@ -253,9 +258,7 @@ std::string hgemv(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
   if (std::string err = prepare_call(p, x, 1, layer, y, workspace, c, s); !err.empty()) return err;
   p.units_per_split = c.h2_units_per_split;
   p.splits = c.h2_splits;
-  const auto& t = tables16<__half>(static_cast<Quant>(layer.quantizer));
-  std::memcpy(p.table, t.table, sizeof p.table);
-  std::memcpy(p.pair_table, t.pairs, sizeof p.pair_table);
+  copy_tables16<__half>(p, layer.quantizer);
   p.xt = reinterpret_cast<const void*>(x);
   return cuda_error(launch_hgemv(p, c, s), "hgemv launch");
 }

@@ -61,20 +61,21 @@ bool use_dequant_gemm(int m, int /*n*/, int k) {
   return m > kMaxKernelTokens && ceil_div(k, 32) > kMaxBlockUnits;
 }
 
-int device_sm_count() {
-  int dev = 0, count = 0;
+namespace {
+// An attribute of the current device, or -1 when CUDA cannot tell.
+int current_device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
   cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
-  return err == cudaSuccess ? count : -1;
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&value, attr, dev);
+  return err == cudaSuccess ? value : -1;
 }
+}  // namespace
+
+int device_sm_count() { return current_device_attribute(cudaDevAttrMultiProcessorCount); }
 
 // Shared memory one block may opt in to (227 KB on an H100, 163 KB on an A100), or -1.
 int device_smem_per_block_optin() {
-  int dev = 0, bytes = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess)
-    err = cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  return err == cudaSuccess ? bytes : -1;
+  return current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
 }
 
 namespace {
@@ -222,13 +223,7 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
   add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
-int device_cc_major() {
-  int dev = 0, major = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess)
-    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  return err == cudaSuccess ? major : -1;
-}
+int device_cc_major() { return current_device_attribute(cudaDevAttrComputeCapabilityMajor); }
 
 bool stream_applies(int m, int n, int k, int gs) {
   return m >= g_stream_min_tokens && m <= g_stream_max_tokens && gs == kStreamRows &&

@@ -431,13 +431,13 @@ def test_hgemv_knob_and_default():
     assert not _cuda.config(1, 16384, 8192, 128)["gemv_h2"]
     assert _cuda.config(1, 16384, 8192, 200)["gemv_h2"]  # 200 rows: 2 x 128 threads
     assert not _cuda.config(1, 700, 300, 512)["gemv_h2"]  # chunks of 512 rows: the mma kernel
-    layer, w64 = _layer(300, 77, 128, 0, seed=96)
+    layer, w64 = _layer(300, 77, 256, 0, seed=96)
     before = _cuda.gemv_h2_min_chunk_units()
     try:
-        _cuda.set_gemv_h2_min_chunk_units(3 * 3)  # 3 chunks x 3 units: taken
-        assert _cuda.config(1, 300, 77, 128)["gemv_h2"]
-        _cuda.set_gemv_h2_min_chunk_units(3 * 3 + 1)
-        assert not _cuda.config(1, 300, 77, 128)["gemv_h2"]
+        _cuda.set_gemv_h2_min_chunk_units(2 * 3)  # 2 chunks x 3 units: taken
+        assert _cuda.config(1, 300, 77, 256)["gemv_h2"]
+        _cuda.set_gemv_h2_min_chunk_units(2 * 3 + 1)
+        assert not _cuda.config(1, 300, 77, 256)["gemv_h2"]
         assert _f16_one_token_err(layer, w64, seed=1) < BUDGET[torch.float16]
     finally:
         _cuda.set_gemv_h2_min_chunk_units(before)
