@@ -9,8 +9,10 @@ reads its weights from HBM (more than 2x the L2). Prints a table:
   shape, bpw (achieved), tokens, f16 us, radio us, speedup, fraction of the measured HBM read
   bandwidth that radio's reads reach ("bytes the kernel must read" = every tensor the kernel
   reads as it is passed to it: int32 permutations, the int32 unit offsets, x) / time / read bw,
-  the same fraction for f16, and the kernel that ran (cuda/select_config.cu: gemv_h2 (one
-  token, f16: hgemv_kernel.cuh), gemv, fmma,
+  the same fraction for f16, and the kernel that ran (cuda/select_config.cu: stream_h2 (one
+  token, f16, sm_90 layers of >= 16384 chunk-units: the stream kernel's half2 consumers,
+  stream_h2.cuh; stream_h2g1 with 8 consumer warps), gemv_h2 (one token, f16:
+  hgemv_kernel.cuh), gemv, fmma,
   stream<groups> on sm_90 layers of >= 4096 chunk-units at 4..16 tokens, qmma, dequant / kernel
   for prefill).
 
@@ -59,8 +61,20 @@ def stream_setting(path: str) -> tuple:
 
 def path_name(cfg: dict) -> str:
     """The kernel an f16 call with this launch configuration runs (_cuda.config): its "kernel",
-    or gemv_h2 where one token takes the half2 kernel (hgemv_kernel.cuh)."""
+    or stream_h2 / gemv_h2 where one token takes the stream kernel's half2 consumers
+    (stream_h2.cuh) / the half2 kernel (hgemv_kernel.cuh)."""
+    if cfg["kernel"] == "gemv" and cfg["stream_h2"]:
+        return "stream_h2"
     return "gemv_h2" if cfg["kernel"] == "gemv" and cfg["gemv_h2"] else cfg["kernel"]
+
+
+def one_token_knobs(path: str) -> tuple:
+    """(set_stream_h2 arguments, set_gemv_h2_min_chunk_units value) that put an f16 one-token
+    call on `path`: stream_h2[g<groups>], gemv_h2 or gemv."""
+    if path.startswith("stream_h2"):
+        groups = int(path[len("stream_h2g"):]) if path.startswith("stream_h2g") else 2
+        return (0, groups), -1
+    return (-1, 2), (0 if path == "gemv_h2" else -1)
 
 
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
@@ -185,9 +199,11 @@ def copies_for(bytes_per_copy: int) -> int:
 
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
-        stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False) -> None:
+        stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False,
+        h2_groups=()) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
+    default_stream_h2 = _cuda.stream_h2()  # ... or on the stream kernel's half2 consumers
     default_fmma = _cuda.fmma_tokens()  # (min, max, max on very large layers) for fmma
     fmma_on, fmma_off = (1, 32, 32), (1, 0, 0)
     default_stream = _cuda.stream_tokens()
@@ -209,18 +225,22 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     settings = [(f, default_stream, DEFAULT_STREAM_GROUPS) for f in fmma_ranges]
                     if t <= 16:
                         settings += [(default_fmma, stream_on, g) for g in stream_groups]
-                    h2_settings = [0, -1] if compare_h2 and t == 1 else [default_h2]
+                    h2_settings = ([one_token_knobs(p) for p in ["stream_h2", "gemv_h2", "gemv"]]
+                                   if compare_h2 and t == 1 else
+                                   [(default_stream_h2, default_h2)])
                     settings = [s + (h,) for s in settings for h in h2_settings]
-                    for fmma_range, stream_range, groups, h2 in settings:
+                    for fmma_range, stream_range, groups, (stream_h2, h2) in settings:
                         _cuda.set_fmma_tokens(*fmma_range)
                         _cuda.set_stream_tokens(*stream_range)
                         _cuda.set_stream_groups(groups)
+                        _cuda.set_stream_h2(*stream_h2)
                         _cuda.set_gemv_h2_min_chunk_units(h2)
                         err = check(first, t, gen)
                         kernel = path_name(_cuda.config(t, n, k, GS))
                         _cuda.set_fmma_tokens(*default_fmma)
                         _cuda.set_stream_tokens(*default_stream)
                         _cuda.set_stream_groups(DEFAULT_STREAM_GROUPS)
+                        _cuda.set_stream_h2(*default_stream_h2)
                         _cuda.set_gemv_h2_min_chunk_units(default_h2)
                         status = "ok" if err < 4e-3 else "FAIL"
                         print(f"check {n}x{k} {bpw} bpw tokens={t} ({kernel}): rel err {err:.2e} "
@@ -243,7 +263,9 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                          [path_name(_cuda.config(tokens, n, k, GS))])
                 extra = []
                 if compare_h2 and tokens == 1:
-                    extra += ["gemv_h2", "gemv"]  # the half2 kernel beside the f32 one
+                    # the stream kernel's half2 consumers, the half2 kernel and the f32 one
+                    extra += ["stream_h2"] + [f"stream_h2g{g}" for g in h2_groups if g != 2]
+                    extra += ["gemv_h2", "gemv"]
                 if compare_small and 1 < tokens <= 8:
                     extra += ["gemv", "qmma"]  # the threshold between the two
                 if compare_fmma and tokens <= 32:
@@ -265,9 +287,12 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     paths = [f"stream{DEFAULT_STREAM_GROUPS}"]
                 paths += [p for i, p in enumerate(extra) if p not in paths and p not in extra[:i]]
                 for path in paths:
-                    kernel = "stream" if path.startswith("stream") else path
-                    if kernel in ("gemv", "gemv_h2"):
-                        _cuda.set_gemv_h2_min_chunk_units(0 if kernel == "gemv_h2" else -1)
+                    kernel = ("stream_h2" if path.startswith("stream_h2") else
+                              "stream" if path.startswith("stream") else path)
+                    if kernel in ("gemv", "gemv_h2", "stream_h2"):
+                        stream_h2, h2 = one_token_knobs(path)
+                        _cuda.set_stream_h2(*stream_h2)
+                        _cuda.set_gemv_h2_min_chunk_units(h2)
                     ops.PREFILL_PATH = path if tokens > 64 else "dequant"
                     _cuda.set_fmma_tokens(*(fmma_on if path == "fmma" else fmma_off))
                     _cuda.set_stream_tokens(*(stream_on if kernel == "stream" else stream_off))
@@ -277,12 +302,14 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                         _cuda.set_stream_stagers(stagers)
                         _cuda.set_stream_max_blocks(blocks)
                     if tokens <= 8 and path != "fmma":
-                        _cuda.set_gemv_max_tokens(8 if kernel in ("gemv", "gemv_h2") else 0)
+                        _cuda.set_gemv_max_tokens(
+                            8 if kernel in ("gemv", "gemv_h2", "stream_h2") else 0)
                     # the row is labelled with the kernel that runs, or not timed
                     runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
                     trad = time_graph(radio_calls) if runs == kernel else None
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_h2_min_chunk_units(default_h2)
+                    _cuda.set_stream_h2(*default_stream_h2)
                     _cuda.set_gemv_max_tokens(DEFAULT_GEMV_MAX_TOKENS)
                     _cuda.set_fmma_tokens(*default_fmma)
                     _cuda.set_stream_tokens(*default_stream)
@@ -311,6 +338,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 # (the fmma kernel splits K by the same waves knob)
                 sweeps = [(f, h) for f in [fmma_off] + ([fmma_on] if compare_fmma else [])
                           for h in ([0, -1] if compare_h2 else [default_h2])]
+                _cuda.set_stream_h2(-1)  # (the stream kernel has no K split to sweep)
                 for fmma_range, h2 in sweeps:
                     _cuda.set_fmma_tokens(*fmma_range)
                     _cuda.set_gemv_h2_min_chunk_units(h2)
@@ -333,6 +361,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                              splits=splits, radio_us=trad))
                 _cuda.set_fmma_tokens(*default_fmma)
                 _cuda.set_gemv_h2_min_chunk_units(default_h2)
+                _cuda.set_stream_h2(*default_stream_h2)
                 _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES, DEFAULT_H2_WAVES)
             del layers, first
         del w16
@@ -372,7 +401,10 @@ def main() -> None:
                     help="time 1..32 tokens on the fmma kernel and on the kernel (gemv or qmma) "
                          "they take without it, side by side")
     ap.add_argument("--compare-h2", action="store_true",
-                    help="time 1 token on the half2 kernel (gemv_h2) and on gemv side by side")
+                    help="time 1 token on the stream kernel's half2 consumers (stream_h2), the "
+                         "half2 kernel (gemv_h2) and gemv side by side")
+    ap.add_argument("--h2-groups", type=int, nargs="*", default=[], choices=(1, 2),
+                    help="with --compare-h2: also stream_h2 with these consumer groups (x 8 warps)")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -392,7 +424,7 @@ def main() -> None:
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
-        args.stream_blocks, args.compare_h2)
+        args.stream_blocks, args.compare_h2, args.h2_groups)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -38,7 +38,7 @@ if [ -n "${SKIP_TESTS:-}" ]; then
   echo "(tests and memcheck skipped: SKIP_TESTS)"
 else
 step "tests"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py \
+timeout 400 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py \
   2>&1 | tee "$OUT/tests.log" | tail -25
 [ "$MODE" = tests ] && exit 0
 

@@ -8,6 +8,8 @@
 # matching NCU_SOURCE_KERNEL (default fmma_kernel), 1 launch (CSV).
 # H2_BOTH=1 (with FMMA=0: otherwise fmma takes one token): one token runs on the half2 kernel
 # (hgemv_kernel, the default at 1 token on this layer) and then on gemv.
+# STREAM_H2=G: one f16 token runs on the stream kernel's half2 consumers with G consumer groups
+# (1..3; off by default).
 # NO_BUILD=1 skips the build (after bench/run_gpu_kernels.sh in the same call).
 # Usage (repository root, .deps carried): [FMMA=0] [STREAM=8] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
 set -uo pipefail
@@ -28,6 +30,8 @@ _cuda.set_fmma_tokens(1, ${FMMA:-32}, ${FMMA:-32})
 if "${STREAM:-}":
     _cuda.set_stream_tokens(1, int("${STREAM:-0}"))
 _cuda.set_stream_groups(${STREAM_GROUPS:-2})
+if "${STREAM_H2:-}":
+    _cuda.set_stream_h2(0, int("${STREAM_H2:-2}"))
 layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
     ops.qlinear(torch.randn(tokens, 12288, device="cuda").half(), **layer)

@@ -61,14 +61,16 @@ cudaError_t launch_fmma_instance(const FmmaParams& p, const QlinearConfig& c,
   return cudaGetLastError();
 }
 
-template <typename Act, int kGroups, int kTT>
-cudaError_t launch_stream_instance(const StreamParams& p, const CUtensorMap& map,
-                                   const QlinearConfig& c, cudaStream_t stream) {
-  const cudaError_t err = cudaFuncSetAttribute(stream_kernel<Act, kGroups, kTT>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               c.smem_bytes);
+// (blocks, threads, smem_bytes: the config's stream fields, or its h2 ones for the half2
+// consumers, which share the config with gemv)
+template <typename Act, int kGroups, int kTT, bool kH2 = false>
+cudaError_t launch_stream_instance(const StreamParams& p, const CUtensorMap& map, int blocks,
+                                   int threads, int smem_bytes, cudaStream_t stream) {
+  const auto kernel = stream_kernel<Act, kGroups, kTT, kH2>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
-  stream_kernel<Act, kGroups, kTT><<<c.grid_x, c.threads, c.smem_bytes, stream>>>(p, map);
+  kernel<<<blocks, threads, smem_bytes, stream>>>(p, map);
   return cudaGetLastError();
 }
 
@@ -129,6 +131,11 @@ template <typename Act>
 cudaError_t launch_stream(const StreamParams& p, const CUtensorMap& map, const QlinearConfig& c,
                           cudaStream_t stream);
 
+// instances/stream_h2_f16.cu: the stream kernel with the half2 one-token consumers (f16 only),
+// with the config's h2_* launch fields.
+cudaError_t launch_stream_h2(const StreamParams& p, const CUtensorMap& map, const QlinearConfig& c,
+                             cudaStream_t stream);
+
 #define RADIO_INSTANTIATE_GEMV(Act)                                                            \
   template <>                                                                                  \
   cudaError_t launch_gemv<Act>(const GemvParams& p, const QlinearConfig& c, cudaStream_t s) {  \
@@ -155,11 +162,12 @@ cudaError_t launch_stream(const StreamParams& p, const CUtensorMap& map, const Q
   template <>                                                                                  \
   cudaError_t launch_stream<Act>(const StreamParams& p, const CUtensorMap& map,                \
                                  const QlinearConfig& c, cudaStream_t s) {                     \
+    const int b = c.grid_x, t = c.threads, sm = c.smem_bytes;                                  \
     if (c.tok_tiles == 2)                                                                      \
-      return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 2>(p, map, c, s)            \
-                                  : launch_stream_instance<Act, 1, 2>(p, map, c, s);           \
-    return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 1>(p, map, c, s)              \
-                                : launch_stream_instance<Act, 1, 1>(p, map, c, s);             \
+      return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 2>(p, map, b, t, sm, s)     \
+                                  : launch_stream_instance<Act, 1, 2>(p, map, b, t, sm, s);    \
+    return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 1>(p, map, b, t, sm, s)       \
+                                : launch_stream_instance<Act, 1, 1>(p, map, b, t, sm, s);      \
   }
 
 #define RADIO_INSTANTIATE_KERNELS(Act, kQ)                                                     \

@@ -100,7 +100,7 @@ PYBIND11_MODULE(_cuda, m) {
                     " bytes is too small: this launch needs ", c.workspace_bytes);
         RADIO_CHECK(c.workspace_bytes == 0 || workspace, "workspace pointer is null but ",
                     c.workspace_bytes, " bytes are needed");
-        RADIO_CHECK(!c.stream || qweight_words >= 0,
+        RADIO_CHECK(!(c.stream || c.stream_h2) || qweight_words >= 0,
                     "this launch takes the stream kernel, which needs qweight_words (the length "
                     "of qweight in words), got ", qweight_words);
         raise_if(radio::cuda::qlinear(x, dtype, tokens, layer, y, workspace, c, stream));
@@ -233,6 +233,26 @@ PYBIND11_MODULE(_cuda, m) {
         radio::cuda::set_stream_max_blocks(blocks);
       },
       py::arg("blocks"), "Testing: at most this many stream blocks (0: one per SM).");
+  m.def(
+      "set_stream_h2",
+      [](std::int64_t min_chunk_units, int groups) {
+        RADIO_CHECK(min_chunk_units >= -1, "stream h2 min chunk-units must be >= -1 (-1: never), "
+                    "got ", min_chunk_units);
+        RADIO_CHECK(groups == 1 || groups == 2, "stream h2 consumer groups must be 1 or 2, got ",
+                    groups);
+        radio::cuda::set_stream_h2(min_chunk_units, groups);
+      },
+      py::arg("min_chunk_units"), py::arg("groups") = 2,
+      "One token, f16 activations, sm_90, 256-row chunks: the stream kernel with half2 consumers "
+      "on layers of at least min_chunk_units chunks x units (-1: never; 0: every such layer), "
+      "with groups x 8 consumer warps (groups reset to 2 when not given). Checked before hgemv.");
+  m.def(
+      "stream_h2",
+      [] {
+        const auto v = radio::cuda::stream_h2();
+        return py::make_tuple(v[0], v[1]);
+      },
+      "The current set_stream_h2 values (min chunk-units, groups).");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -251,6 +271,10 @@ PYBIND11_MODULE(_cuda, m) {
         d["gemv_h2"] = c.gemv_h2;
         d["h2_splits"] = c.h2_splits;
         d["h2_units_per_split"] = c.h2_units_per_split;
+        // ... or, where stream_h2, the stream kernel with half2 consumers (h2_blocks blocks)
+        d["stream_h2"] = c.stream_h2;
+        d["h2_blocks"] = c.h2_blocks;
+        d["h2_groups"] = c.h2_groups;
         d["threads"] = c.threads;
         d["tok_tiles"] = c.tok_tiles;
         d["warps"] = c.warps;

@@ -201,9 +201,11 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // The stream kernel's view of qweight: rows of 256 words (one word row of a 256-row chunk), boxes
-// of 8 word rows x 32 words (one consumer warp's slab of a stage) with the 128-byte swizzle
-// (stream_kernel.cuh). A layer without words gets a map over `spare` (>= 1 KB) it never reads.
-std::string encode_stream_map(const LayerPtrs& layer, std::uintptr_t spare, CUtensorMap* map) {
+// of 8 word rows x 32 words (one consumer warp's slab of a stage), with the 128-byte swizzle for
+// the mma consumers (stream_kernel.cuh) and without for the half2 ones (stream_h2.cuh). A layer
+// without words gets a map over `spare` (>= 1 KB) it never reads.
+std::string encode_stream_map(const LayerPtrs& layer, std::uintptr_t spare, bool swizzle,
+                              CUtensorMap* map) {
   const auto encode = tensor_map_encoder();
   if (!encode) return "radio._cuda stream: cuTensorMapEncodeTiled is not available";
   if (layer.qweight_words < 0 || layer.qweight_words % kStreamRows != 0)
@@ -219,7 +221,7 @@ std::string encode_stream_map(const LayerPtrs& layer, std::uintptr_t spare, CUte
   const cuuint32_t elem_strides[2] = {1, 1};
   const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 2, reinterpret_cast<void*>(base),
                             dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) return "radio._cuda stream: cuTensorMapEncodeTiled failed (" +
                                 std::to_string(static_cast<int>(r)) + ")";
@@ -242,7 +244,7 @@ std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& 
   StreamParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   CUtensorMap map;
-  if (std::string err = encode_stream_map(layer, workspace, &map); !err.empty()) return err;
+  if (std::string err = encode_stream_map(layer, workspace, true, &map); !err.empty()) return err;
   switch (static_cast<DType>(dtype)) {
     case DType::kHalf: return launch_stream_as<__half>(p, map, x, m, layer, workspace, c, s);
     case DType::kBFloat16:
@@ -263,10 +265,26 @@ std::string hgemv(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
   return cuda_error(launch_hgemv(p, c, s), "hgemv launch");
 }
 
+// One token, f16 activations, where the config allows it: the stream kernel with half2
+// consumers, x read directly.
+std::string stream_h2(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
+                      std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+  StreamParams p{};
+  if (std::string err = prepare_call(p, x, 1, layer, y, workspace, c, s); !err.empty()) return err;
+  CUtensorMap map;
+  if (std::string err = encode_stream_map(layer, workspace, false, &map); !err.empty()) return err;
+  copy_tables16<__half>(p, layer.quantizer);
+  p.buf_stagers = c.stream_buf_stagers;
+  p.xt = reinterpret_cast<const void*>(x);
+  return cuda_error(launch_stream_h2(p, map, c, s), "stream h2 launch");
+}
+
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
-  if (c.gemv_h2 && m == 1 && static_cast<DType>(dtype) == DType::kHalf)
-    return hgemv(x, layer, y, workspace, c, s);
+  if (m == 1 && static_cast<DType>(dtype) == DType::kHalf) {
+    if (c.stream_h2) return stream_h2(x, layer, y, workspace, c, s);
+    if (c.gemv_h2) return hgemv(x, layer, y, workspace, c, s);
+  }
   GemvParams p{};
   if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);

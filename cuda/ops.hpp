@@ -26,6 +26,12 @@ struct QlinearConfig {
   // above. The workspace serves either.
   bool gemv_h2 = false;
   int h2_threads = 0, h2_units_per_split = 0, h2_splits = 0, h2_smem_bytes = 0;
+  // One token with f16 activations on sm_90 layers of 256-row chunks (set_stream_h2): the
+  // stream kernel with half2 consumers (stream_h2.cuh) instead of hgemv: h2_blocks persistent
+  // blocks of h2_threads, h2_groups x 8 consumer warps, stream_buf_stagers stagers per buffer,
+  // h2_smem_bytes. Other activation types run gemv.
+  bool stream_h2 = false;
+  int h2_blocks = 0, h2_groups = 2;
   // 5..64 tokens: decode to shared memory + tensor cores (qmma_kernel.cuh); tok_tiles of 8
   // tokens (2 or 4), token groups of 32 along grid z.
   bool qmma = false;
@@ -97,6 +103,11 @@ void set_stream_groups(int groups);
 void set_stream_stagers(int buf_stagers);  // stager warps per xs buffer (1 or 2)
 // At most this many stream blocks (0: one per SM): lets tests give small layers long ranges.
 void set_stream_max_blocks(int blocks);
+// One token, f16 activations: the stream kernel with half2 consumers on sm_90 layers of 256-row
+// chunks and at least min_chunk_units chunks x units (-1: never; 0: every such layer), with
+// groups x 8 consumer warps (1 or 2). Checked before the hgemv threshold.
+void set_stream_h2(std::int64_t min_chunk_units, int groups);
+std::array<std::int64_t, 2> stream_h2();
 int device_sm_count();  // -1 when CUDA cannot tell
 
 

@@ -11,6 +11,10 @@
 //   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
 //   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
 //   positions x 4 bytes) within kGemvXsBytes.
+// - one token on sm_90 layers of 256-row chunks and at least g_stream_h2_min_chunk_units chunks
+//   x units (off by default): the config carries the stream kernel with half2 consumers
+//   (stream_h2.cuh; stream_h2, h2_blocks, h2_groups, h2_threads, h2_smem_bytes), which ops.cu
+//   takes for f16 activations in place of the half2 kernel below;
 // - one token on layers of at least g_gemv_h2_min_chunk_units chunks x units: the same config
 //   also carries the half2 kernel's launch (hgemv_kernel.cuh; h2_* fields: two gemv blocks'
 //   threads, about g_h2_waves (2) waves at kHgemvBlocksPerSm blocks per SM, at most
@@ -120,6 +124,13 @@ std::int64_t g_stream_min_chunk_units = 4096;  // smaller layers keep fmma
 int g_stream_groups = 2;
 int g_stream_buf_stagers = 2;
 int g_stream_max_blocks = 0;  // set_stream_max_blocks(): tests (long ranges on small layers); 0: SMs
+// The stream kernel with half2 consumers for one f16 token (stream_h2.cuh) on layers of at least
+// this many chunks x units (-1: never). Off by default: H100, RESULTS.md session 13, it was
+// slower than hgemv on every layer from 16384 chunk-units up (49152x12288 at 4 bpw: 184.6
+// against 137.2 us; 8192x28672: 76.2 against 60.0) and than gemv below (11008x4096: 26.2
+// against 24.1; 4096x4096: 16.6 against 13.5).
+std::int64_t g_stream_h2_min_chunk_units = -1;
+int g_stream_h2_groups = 2;
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
@@ -145,6 +156,29 @@ constexpr int kGemvXsBytes = 32 * 1024;
 // (dynamic, at most kGemvXsBytes / 128 units at 1 token) and the static tables must fit in it.
 static_assert(kGemvXsBytes + kGemvXsBytes / 128 * 5 + kGemvStaticSmemBytes <= 48 * 1024,
               "gemv shared memory above the default limit");
+
+int device_cc_major() { return current_device_attribute(cudaDevAttrComputeCapabilityMajor); }
+
+// The stream kernel's shape requirements (stream_kernel.cuh): sm_90, 256-row chunks, N a
+// multiple of 256, and its shared memory for m tokens within the device's block limit.
+bool stream_shape_fits(int m, int n, int gs) {
+  return gs == kStreamRows && n % kStreamRows == 0 && device_cc_major() >= 9 &&
+         stream_smem_bytes(m, stream_tok_tiles(m)) + kStreamStaticSmemBytes <=
+             device_smem_per_block_optin();
+}
+
+bool stream_h2_applies(int n, int k, int gs) {
+  return g_stream_h2_min_chunk_units >= 0 && stream_shape_fits(1, n, gs) &&
+         static_cast<std::int64_t>(n / kStreamRows) * ceil_div(k, 32) >=
+             g_stream_h2_min_chunk_units;
+}
+
+// Persistent stream blocks: one per SM (or set_stream_max_blocks' limit), at most one per
+// chunk-unit.
+int stream_blocks(std::int64_t chunk_units, int sm_count) {
+  const int blocks = g_stream_max_blocks > 0 ? std::min(sm_count, g_stream_max_blocks) : sm_count;
+  return static_cast<int>(std::min<std::int64_t>(blocks, chunk_units));
+}
 
 QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c;
@@ -190,8 +224,18 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
       c.h2_smem_bytes = hgemv_smem_bytes(h2_units);
     }
   }
-  // One workspace for either kernel (both: n f32 partials and a counter per chunk).
-  if (c.splits > 1 || c.h2_splits > 1)
+  if (c.gemv_tokens == 1 && stream_h2_applies(n, k, gs)) {
+    // The stream kernel with half2 consumers for f16 activations, in place of hgemv.
+    c.gemv_h2 = false;
+    c.stream_h2 = true;
+    c.h2_groups = g_stream_h2_groups;
+    c.stream_buf_stagers = g_stream_buf_stagers;
+    c.h2_threads = stream_threads(c.h2_groups, c.stream_buf_stagers);
+    c.h2_smem_bytes = stream_smem_bytes(1, 1);
+    c.h2_blocks = stream_blocks(static_cast<std::int64_t>(chunks) * units, sm_count);
+  }
+  // One workspace for any of the kernels (each: n f32 partials and a counter per chunk).
+  if (c.splits > 1 || c.h2_splits > 1 || c.stream_h2)
     add_split_workspace(c, static_cast<std::int64_t>(n) * c.gemv_tokens, chunks);
   if (c.gemv_tokens > 1) add_xt(c, k, c.gemv_tokens, 1, c.gemv_tokens);
   c.workspace_bytes = std::max(c.workspace_bytes, c.zeroed_bytes);
@@ -223,16 +267,9 @@ QlinearConfig select_qmma_config(int m, int n, int k, int gs, int sm_count) {
   add_xt(c, k, tokens, c.grid_z, kQmmaGroupTokens);
   return c;
 }
-int device_cc_major() { return current_device_attribute(cudaDevAttrComputeCapabilityMajor); }
-
 bool stream_applies(int m, int n, int k, int gs) {
-  return m >= g_stream_min_tokens && m <= g_stream_max_tokens && gs == kStreamRows &&
-         n % kStreamRows == 0 &&
-         static_cast<std::int64_t>(n / kStreamRows) * ceil_div(k, 32) >=
-             g_stream_min_chunk_units &&
-         device_cc_major() >= 9 &&
-         stream_smem_bytes(m, stream_tok_tiles(m)) + kStreamStaticSmemBytes <=
-             device_smem_per_block_optin();
+  return m >= g_stream_min_tokens && m <= g_stream_max_tokens && stream_shape_fits(m, n, gs) &&
+         static_cast<std::int64_t>(n / kStreamRows) * ceil_div(k, 32) >= g_stream_min_chunk_units;
 }
 
 QlinearConfig select_stream_config(int m, int n, int k, int sm_count) {
@@ -244,8 +281,7 @@ QlinearConfig select_stream_config(int m, int n, int k, int sm_count) {
   c.threads = stream_threads(c.stream_groups, c.stream_buf_stagers);
   const int chunks = n / kStreamRows;
   const std::int64_t chunk_units = static_cast<std::int64_t>(chunks) * ceil_div(k, 32);
-  const int blocks = g_stream_max_blocks > 0 ? std::min(sm_count, g_stream_max_blocks) : sm_count;
-  c.grid_x = static_cast<int>(std::min<std::int64_t>(blocks, chunk_units));
+  c.grid_x = stream_blocks(chunk_units, sm_count);
   c.grid_y = 1;
   c.units_per_split = static_cast<int>((chunk_units + c.grid_x - 1) / c.grid_x);  // (a share)
   c.smem_bytes = stream_smem_bytes(m, c.tok_tiles);
@@ -306,6 +342,11 @@ std::array<std::int64_t, 3> stream_tokens() {
 void set_stream_groups(int groups) { g_stream_groups = groups; }
 void set_stream_stagers(int buf_stagers) { g_stream_buf_stagers = buf_stagers; }
 void set_stream_max_blocks(int blocks) { g_stream_max_blocks = blocks; }
+void set_stream_h2(std::int64_t min_chunk_units, int groups) {
+  g_stream_h2_min_chunk_units = min_chunk_units;
+  g_stream_h2_groups = groups;
+}
+std::array<std::int64_t, 2> stream_h2() { return {g_stream_h2_min_chunk_units, g_stream_h2_groups}; }
 void set_gemv_waves(int waves, int h2_waves) {
   g_gemv_waves = waves;
   g_h2_waves = h2_waves;

@@ -49,71 +49,13 @@
 #include "decode.cuh"
 #include "fmma_kernel.cuh"  // kFmmaPairEntries, fill_a, fmma_single_pair, pair_table_start,
                             // load_x_fragments
+#include "stream_consume.cuh"
+#include "stream_h2.cuh"
+#include "stream_layout.cuh"
 #include "tma.cuh"
 #include "transpose_x.cuh"
 
 namespace radio::cuda {
-
-constexpr int kStreamRows = 256;          // chunk rows (rows_per_group) the kernel takes
-constexpr int kStreamSlabs = 8;           // 32-row slabs of a chunk: one consumer warp each
-constexpr int kStreamStageRows = 8;       // word rows per stage (one 128B-swizzle period)
-constexpr int kStreamStageBytes = kStreamStageRows * kStreamRows * 4;  // 8 KB
-constexpr int kStreamStages = 12;         // 96 KB of words in flight per SM
-constexpr int kStreamMaxPieceUnits = 32;  // units per staged piece of x * scale (1..8 tokens)
-constexpr int kStreamXsBufs = 4;          // pieces staged ahead
-// Stager warps per xs buffer (set_stream_stagers, runtime): 1 or 2, the piece's batches split
-// between them.
-constexpr int kStreamMaxBufStagers = 2;
-// Token tiles of 8 (template parameter kTT, 1 or 2): pieces of 32 / kTT units keep xs within
-// 4 x 17 KB; xs row stride in halves, 32 mod 64 (fmma_xs_stride: token rows g and g+1 of one
-// 16-byte fragment load in different bank halves).
-__host__ __device__ constexpr int stream_tok_tiles(int m) { return m <= 8 ? 1 : 2; }
-__host__ __device__ constexpr int stream_piece_units(int tok_tiles) {
-  return kStreamMaxPieceUnits / tok_tiles;
-}
-__host__ __device__ constexpr int stream_xs_stride(int tok_tiles) {
-  return stream_piece_units(tok_tiles) * 32 + 32;
-}
-
-__host__ __device__ constexpr int stream_threads(int groups, int buf_stagers) {
-  return 32 * (kStreamSlabs * groups + 1 + kStreamXsBufs * buf_stagers);
-}
-
-// Static shared memory: the pair tables (one copy per bank) and the single table (u32, value in
-// the low half), 45.5 KB, at addresses known at compile time (a lookup is then one LDS with the
-// table's offset folded in). Dynamic, in this order from a 1024-byte aligned base (the 128B
-// swizzle repeats every 1024 bytes): the ring (per slab: kStreamStages boxes of 8 word rows x
-// 128 bytes, so a slab's word rows are consecutive modulo the ring), xs buffers
-// [m][stream_xs_stride] halves, piece units (u32 per unit: depth | word rows of the piece before
-// it << 8), piece terms [buf][stager][16], the barriers;
-// plus 1 KB for the alignment.
-constexpr int kStreamRingRows = kStreamStages * kStreamStageRows;  // word rows in the ring
-__host__ __device__ constexpr int stream_smem_bytes(int m, int tok_tiles) {
-  return 1024 + kStreamStages * kStreamStageBytes +
-         kStreamXsBufs * m * stream_xs_stride(tok_tiles) * 2 +
-         kStreamXsBufs * kStreamMaxPieceUnits * 4 +
-         kStreamXsBufs * kStreamMaxBufStagers * 16 * 4 + 16 +
-         (2 * kStreamStages + 2 * kStreamXsBufs) * 8;
-}
-constexpr int kStreamStaticSmemBytes = kFmmaPairEntries * 32 * 4 + 512 * 4;
-
-struct StreamParams : DecodeParams {
-  std::uint32_t pair_table[kFmmaPairEntries];  // depths 1..4: (T_B[q], T_B[q']) in the mma type
-  std::uint16_t table[512];                    // T_B[q] in the mma type (entry 2^B - 2 + q)
-  int buf_stagers;                             // stager warps per xs buffer (1 or 2)
-};
-
-// The piece of the block's flattened unit range that starts at `flat`: chunk, first unit, count
-// (at most kPiece, never across a chunk or the range's end). Every role walks the same sequence.
-template <int kPiece>
-struct StreamPiece {
-  int chunk, unit0, n;
-  __device__ __forceinline__ StreamPiece(std::int64_t flat, std::int64_t end, int units) {
-    chunk = static_cast<int>(flat / units);
-    unit0 = static_cast<int>(flat - static_cast<std::int64_t>(chunk) * units);
-    n = static_cast<int>(min(static_cast<std::int64_t>(min(kPiece, units - unit0)), end - flat));
-  }
-};
 
 template <int kR>
 __device__ __forceinline__ std::uint32_t quad_word(const uint4& v) {
@@ -230,7 +172,64 @@ __device__ __forceinline__ void stream_unit_any(int depth, float (&acc)[kTT][2][
 #undef RADIO_STREAM_CASE
 }
 
-template <typename Act, int kGroups, int kTT>
+// The mma decoder of the consumer walk (stream_consume.cuh): warp = one 32-row slab of every
+// unit of its group, lane (g, t4) rows 4g .. 4g+3 as two m16 tiles, kTT token tiles of 8.
+template <typename M, int kTT>
+struct StreamMmaDecoder {
+  float acc[kTT][2][4];
+  const unsigned char* slab_ring;
+  const std::uint32_t* table;
+  float* workspace;
+  std::uint32_t pairs_lane;
+  int g, t4, slab, m;
+
+  __device__ __forceinline__ void reset() {
+#pragma unroll
+    for (int nt = 0; nt < kTT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][h][e] = 0.f;
+  }
+  __device__ __forceinline__ void add_term(const float* terms, int stagers) {
+#pragma unroll
+    for (int nt = 0; nt < kTT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tok = 8 * nt + 2 * t4 + e;
+        if (tok >= m) continue;
+        float term = terms[tok];
+        if (stagers == 2) term += terms[16 + tok];
+        acc[nt][0][e] += term;
+        acc[nt][0][e + 2] += term;
+        acc[nt][1][e] += term;
+        acc[nt][1][e + 2] += term;
+      }
+  }
+  __device__ __forceinline__ void unit(int depth, int v, int ring_row, const std::uint16_t* xs) {
+    uint4 xv[kTT];
+    load_x_fragments<kTT>(xv, xs, stream_xs_stride(kTT), v, g, t4, m);
+    stream_unit_any<M, kTT>(depth, acc, slab_ring, ring_row, g, t4, pairs_lane, table, xv);
+  }
+  __device__ __forceinline__ void flush(int chunk) {
+#pragma unroll
+    for (int nt = 0; nt < kTT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = 8 * nt + 2 * t4 + (e & 1);
+          if (tok >= m) continue;
+          const int row = 32 * slab + 4 * g + 2 * h + (e >> 1);
+          atomicAdd(workspace + (static_cast<std::int64_t>(chunk) * kStreamRows + row) * m + tok,
+                    acc[nt][h][e]);
+        }
+  }
+};
+
+// kH2: one token, f16, the half2 consumers of stream_h2.cuh (kTT = 1; the same roles and ring,
+// the tensor map without swizzle).
+template <typename Act, int kGroups, int kTT, bool kH2 = false>
 __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers), 1)
     stream_kernel(const __grid_constant__ StreamParams p, const __grid_constant__ CUtensorMap tmap) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -428,147 +427,36 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   }
 
   // Consumers.
-  const int slab = warp % kStreamSlabs, group = warp / kStreamSlabs;
-  const int g = lane >> 2, t4 = lane & 3;
-  const std::uint32_t pairs_lane = smem_addr(s_pairs) + 4u * static_cast<std::uint32_t>(lane);
-  const unsigned char* slab_ring = ring + slab * (kStreamStages * 1024);
-  Act* y = static_cast<Act*>(p.y);
-  float acc[kTT][2][4];
-  int pos = 0;       // word rows of the stream behind the current piece
-  int ring_row = 0;  // pos modulo kStreamRingRows
-  // Stages this warp has seen full (the next one's slot and phase parity), and released.
-  int waited = 0, wait_slot = 0, released = 0, release_slot = 0;
-  unsigned wait_parity = 0;
-  auto wait_next_stage = [&]() {
-    mbar_wait(&stage_full[wait_slot], wait_parity);
-    ++waited;
-    if (++wait_slot == kStreamStages) {
-      wait_slot = 0;
-      wait_parity ^= 1u;
-    }
-  };
-  int chunk = -1, seg_units = 0;
-
-  // Adds the warp's partial sums of `chunk` to the workspace; the block that completes the
-  // chunk's unit count writes its rows of y.
-  auto finish_chunk = [&]() {
-#pragma unroll
-    for (int nt = 0; nt < kTT; ++nt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int tok = 8 * nt + 2 * t4 + (e & 1);
-          if (tok >= m) continue;
-          const int row = 32 * slab + 4 * g + 2 * h + (e >> 1);
-          atomicAdd(p.workspace + (static_cast<std::int64_t>(chunk) * kStreamRows + row) * m + tok,
-                    acc[nt][h][e]);
-        }
-    __threadfence();
-    named_barrier(1, 32 * kConsumers);
-    if (tid == 0) *s_flag = atomicAdd(p.counters + chunk, seg_units) + seg_units == units;
-    named_barrier(1, 32 * kConsumers);
-    if (*s_flag) {
-      __threadfence();
-      const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * kStreamRows;
-      for (int i = tid; i < kStreamRows * m; i += 32 * kConsumers) {
-        const int row = i / m, t = i - row * m;
-        const std::int64_t prow = perm_row0 + row;
-        const int orig = p.row_perm[prow];
-        const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
-        y[static_cast<std::int64_t>(t) * p.n + orig] =
-            from_float<Act>(__ldcg(p.workspace + prow * m + t) + b);
-      }
-      if (tid == 0) p.counters[chunk] = 0;
-    }
-  };
-
-  int k = 0;
-  for (std::int64_t flat = begin; flat < end; ++k) {
-    const StreamPiece<kPiece> pc(flat, end, units);
-    flat += pc.n;
-    const int buf = k % kStreamXsBufs;
-    mbar_wait(&xs_full[buf], (k / kStreamXsBufs) & 1);
-    if (pc.chunk != chunk) {
-      if (chunk >= 0) finish_chunk();
-      chunk = pc.chunk;
-      seg_units = 0;
-#pragma unroll
-      for (int nt = 0; nt < kTT; ++nt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[nt][h][e] = 0.f;
-    }
-    seg_units += pc.n;
-    if (group == 0) {  // the piece's chunk term, once per row
-#pragma unroll
-      for (int nt = 0; nt < kTT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int tok = 8 * nt + 2 * t4 + e;
-          if (tok >= m) continue;
-          float term = s_term[buf * kStreamMaxBufStagers * 16 + tok];
-          if (p.buf_stagers == 2) term += s_term[(buf * kStreamMaxBufStagers + 1) * 16 + tok];
-          acc[nt][0][e] += term;
-          acc[nt][0][e + 2] += term;
-          acc[nt][1][e] += term;
-          acc[nt][1][e + 2] += term;
-        }
-    }
-    const std::uint32_t* infos = s_unit + buf * kStreamMaxPieceUnits;
-    const std::uint16_t* xs = s_xs + buf * xs_buf_halves;
-    // Stages wholly behind word row `upto` go back to the producer, each after this warp saw it
-    // full (an arrival must count in the phase of that use of the slot).
-    auto release_behind = [&](int upto) {
-      const int done = static_cast<int>(static_cast<unsigned>(upto) / kStreamStageRows);
-      if (released < done) {
-#pragma unroll 1
-        while (waited < done) wait_next_stage();
-        __syncwarp();
-#pragma unroll 1
-        for (; released < done; ++released) {
-          if (lane == 0) mbar_arrive(&stage_empty[release_slot]);
-          if (++release_slot == kStreamStages) release_slot = 0;
-        }
-      }
-    };
-    // Only this group's units: the stagers' prefix sums say where each one starts, so the warp
-    // does not walk the other group's units (session 11, ncu: that walk and its bookkeeping were
-    // ~27 of the ~110 instructions the warp issued per decoded unit at 1 token).
-    for (int v = group; v < pc.n; v += kGroups) {
-      const std::uint32_t info = infos[v];
-      const int d = static_cast<int>(info & 0xffu);
-      const int before = static_cast<int>(info >> 8);  // the piece's word rows before unit v
-      const int upos = pos + before;
-      if (d > 0) {
-        const int need = static_cast<int>(static_cast<unsigned>(upos + d - 1) / kStreamStageRows);
-#pragma unroll 1
-        while (waited <= need) wait_next_stage();
-        // ring_row < kStreamRingRows, before <= 31 * 8: the sum is below 4 ring lengths.
-        const int row = static_cast<int>(static_cast<unsigned>(ring_row + before) %
-                                         static_cast<unsigned>(kStreamRingRows));
-        uint4 xv[kTT];
-        load_x_fragments<kTT>(xv, xs, kXsStride, v, g, t4, m);
-        stream_unit_any<M, kTT>(d, acc, slab_ring, row, g, t4, pairs_lane, s_table, xv);
-      }
-      release_behind(upos + d);
-    }
-    {  // past the piece: its last unit ends the word rows it covers
-      const std::uint32_t last = infos[pc.n - 1];
-      const int piece_rows = static_cast<int>(last >> 8) + static_cast<int>(last & 0xffu);
-      pos += piece_rows;
-      ring_row = static_cast<int>(static_cast<unsigned>(ring_row + piece_rows) %
-                                  static_cast<unsigned>(kStreamRingRows));
-      release_behind(pos);
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&xs_empty[buf]);
+  const StreamConsumerSmem sm{s_unit, s_xs, xs_buf_halves, s_term, s_flag,
+                              stage_full, stage_empty, xs_full, xs_empty};
+  if constexpr (kH2) {
+    static_assert(std::is_same_v<Act, __half> && kTT == 1, "half2 consumers: f16, one token");
+    // warp w: rows 32 (w % 4) + lane and + 128; groups of 4 warps take interleaved units
+    constexpr int kH2Groups = kConsumers / kStreamH2SlabB;
+    const int pair = warp % kStreamH2SlabB, group = warp / kStreamH2SlabB;
+    StreamH2Decoder dec;
+    dec.row_a = 32 * pair + lane;
+    dec.lane_ring = ring + pair * kStreamSlabRingBytes + 4 * lane;
+    dec.pairs = reinterpret_cast<const unsigned char*>(s_pairs);
+    dec.table = reinterpret_cast<const unsigned char*>(s_table);
+    dec.workspace = p.workspace;
+    dec.lane4 = 4u * static_cast<std::uint32_t>(lane);
+    stream_consume<Act, kPiece, kH2Groups>(dec, p, sm, begin, end, n_stages, group, lane, tid,
+                                           32 * kConsumers);
+    return;
   }
-  if (chunk >= 0) finish_chunk();
-  // No copy may land after the block exits.
-#pragma unroll 1
-  while (waited < n_stages) wait_next_stage();
+  const int slab = warp % kStreamSlabs, group = warp / kStreamSlabs;
+  StreamMmaDecoder<M, kTT> dec;
+  dec.g = lane >> 2;
+  dec.t4 = lane & 3;
+  dec.slab = slab;
+  dec.m = m;
+  dec.pairs_lane = smem_addr(s_pairs) + 4u * static_cast<std::uint32_t>(lane);
+  dec.table = s_table;
+  dec.slab_ring = ring + slab * (kStreamStages * 1024);
+  dec.workspace = p.workspace;
+  stream_consume<Act, kPiece, kGroups>(dec, p, sm, begin, end, n_stages, group, lane, tid,
+                                       32 * kConsumers);
 #else
   __trap();  // sm_90 only: select_config.cu never picks this kernel elsewhere
 #endif

@@ -345,13 +345,16 @@ def test_fmma_cuda_graph_replay(fmma_on):
 
 @pytest.fixture
 def h2_on():
-    """Every f16 one-token call on the half2 kernel (hgemv_kernel.cuh) for the test's duration."""
-    before = _cuda.gemv_h2_min_chunk_units()
+    """Every f16 one-token call on the half2 kernel (hgemv_kernel.cuh) for the test's duration
+    (the stream kernel's half2 consumers, checked first, off)."""
+    before, before_stream = _cuda.gemv_h2_min_chunk_units(), _cuda.stream_h2()
     _cuda.set_gemv_h2_min_chunk_units(0)
+    _cuda.set_stream_h2(-1)
     try:
         yield
     finally:
         _cuda.set_gemv_h2_min_chunk_units(before)
+        _cuda.set_stream_h2(*before_stream)
 
 
 def _f16_one_token_err(layer, w64, seed):
@@ -416,12 +419,22 @@ def test_hgemv_every_output_written(n, k, gs, h2_on):
 
 def test_hgemv_knob_and_default():
     """The knob's range, and the default routing (cuda/select_config.cu): f16 one-token calls on
-    layers of at least 16384 chunk-units (256-row chunks x 32-column units)."""
+    layers of at least 16384 chunk-units (256-row chunks x 32-column units), where the stream
+    kernel's half2 consumers do not take them (switched off here)."""
     with pytest.raises(ValueError, match="gemv h2 min chunk-units must be >= -1"):
         _cuda.set_gemv_h2_min_chunk_units(-2)
     with pytest.raises(ValueError, match="h2 waves must be in 1..64, got 0"):
         _cuda.set_gemv_waves(6, 0)
     assert _cuda.gemv_h2_min_chunk_units() == 16384
+    before_stream = _cuda.stream_h2()
+    _cuda.set_stream_h2(-1)
+    try:
+        _check_hgemv_default_routing()
+    finally:
+        _cuda.set_stream_h2(*before_stream)
+
+
+def _check_hgemv_default_routing():
     for n, k, h2 in ((49152, 12288, True), (8192, 28672, True), (28672, 8192, True),
                      (13824, 5120, False), (4096, 4096, False), (16384, 8192, True),
                      (16384, 8160, False)):  # 64 chunks x 256 units, and x 255
@@ -599,3 +612,122 @@ def test_stream_knob_checks():
         _cuda.set_stream_max_blocks(-1)
     with pytest.raises(ValueError, match="stagers per buffer must be 1 or 2"):
         _cuda.set_stream_stagers(0)
+
+
+@pytest.fixture
+def stream_h2_on():
+    """Every f16 one-token call that the stream kernel's half2 consumers (stream_h2.cuh, sm_90)
+    can take goes to them for the test's duration; groups, block limit and stagers restored."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90 (TMA)")
+    before = _cuda.stream_h2()
+    _cuda.set_stream_h2(0)
+    try:
+        yield
+    finally:
+        _cuda.set_stream_h2(*before)
+        _cuda.set_stream_max_blocks(0)
+        _cuda.set_stream_stagers(2)
+
+
+@pytest.mark.parametrize("groups,blocks,stagers", [(2, 0, 2), (1, 3, 1), (2, 3, 2)])
+@pytest.mark.parametrize("n,k", STREAM_SHAPES + [(512, 12288)])
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_stream_h2_matches_float64(n, k, quantizer, groups, blocks, stagers, stream_h2_on):
+    """The half2 consumers against the float64 reference (depths uniform in 0..8; with 3 blocks
+    each block walks several pieces and chunks and wraps the ring, units across its end), no
+    worse than 2x the f32 gemv kernel's error on the same input beyond the f16 output rounding;
+    bf16 and f32 activations keep gemv."""
+    _cuda.set_stream_h2(0, groups)
+    _cuda.set_stream_max_blocks(blocks)
+    _cuda.set_stream_stagers(stagers)
+    layer, w64 = _layer(n, k, 256, quantizer, seed=n * 5 + k + quantizer)
+    cfg = _cuda.config(1, n, k, 256)
+    assert cfg["kernel"] == "gemv" and cfg["stream_h2"] and not cfg["gemv_h2"], cfg
+    assert cfg["h2_groups"] == groups, cfg
+    err_h2 = _f16_one_token_err(layer, w64, seed=n + k)
+    assert err_h2 < BUDGET[torch.float16], err_h2
+    _cuda.set_stream_h2(-1)
+    before = _cuda.gemv_h2_min_chunk_units()
+    _cuda.set_gemv_h2_min_chunk_units(-1)
+    try:
+        assert not _cuda.config(1, n, k, 256)["stream_h2"]
+        err_f32 = _f16_one_token_err(layer, w64, seed=n + k)
+    finally:
+        _cuda.set_gemv_h2_min_chunk_units(before)
+    assert err_h2 < 2 * err_f32 + 5e-4, (err_h2, err_f32)
+    _cuda.set_stream_h2(0, groups)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1, k, generator=torch.Generator().manual_seed(n)).to(dtype).cuda()
+        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (dtype, err)
+
+
+@pytest.mark.parametrize("depth", list(range(0, 9)))
+@pytest.mark.parametrize("quantizer", [0, 1])
+def test_stream_h2_every_single_depth(depth, quantizer, stream_h2_on):
+    """All units at one depth: pair tables (1..4), single tables (5..8; 5 and 7 do not divide the
+    ring's 96 word rows, so units wrap around its end), 0-bit (no words)."""
+    _cuda.set_stream_max_blocks(2)
+    layer, w64 = _layer(512, 2000, 256, quantizer, seed=depth + 190, depth=depth)
+    assert _cuda.config(1, 512, 2000, 256)["stream_h2"]
+    err = _f16_one_token_err(layer, w64, seed=depth)
+    assert err < BUDGET[torch.float16], err
+
+
+@pytest.mark.parametrize("n,k", [(1024, 1100), (256, 77), (2048, 1024), (256, 32)])
+@pytest.mark.parametrize("blocks", [0, 3])
+def test_stream_h2_every_output_written(n, k, blocks, stream_h2_on):
+    """Poisoned output (NaN): every row written by the block that completes its chunk."""
+    _cuda.set_stream_max_blocks(blocks)
+    cfg = _check_poisoned_output(_layer(n, k, 256, 0, seed=n + k + blocks), 1, "gemv")
+    assert cfg["stream_h2"], cfg
+
+
+def test_stream_h2_cuda_graph_replay(stream_h2_on):
+    _check_graph_replay(*_layer(1024, 1100, 256, 0, seed=199), (1,))
+
+
+def test_stream_h2_sanitize_small(stream_h2_on):
+    """Small half2 stream launches, both group counts, a block limit (run under compute-sanitizer
+    by the device script: -k sanitize_small)."""
+    for groups, blocks, stagers in ((2, 0, 2), (1, 3, 1), (2, 3, 2)):
+        _cuda.set_stream_h2(0, groups)
+        _cuda.set_stream_max_blocks(blocks)
+        _cuda.set_stream_stagers(stagers)
+        _check_small_launches(((256, 77, 256), (1024, 1100, 256)), ((1, torch.float16),), 197,
+                              groups, blocks, stagers)
+
+
+def test_stream_h2_knob_and_routing():
+    """The knob's checks and the routing: off by default (slower than hgemv, select_config.cu);
+    with a threshold, f16 one-token calls on sm_90 layers of 256-row chunks, N a multiple of 256,
+    at least the threshold's chunk-units; otherwise hgemv or gemv; more tokens never."""
+    with pytest.raises(ValueError, match="stream h2 min chunk-units must be >= -1"):
+        _cuda.set_stream_h2(-2)
+    with pytest.raises(ValueError, match="stream h2 consumer groups must be 1 or 2, got 3"):
+        _cuda.set_stream_h2(0, 3)
+    assert _cuda.stream_h2() == (-1, 2)
+    assert not _cuda.config(1, 49152, 12288, 256)["stream_h2"]
+    if torch.cuda.get_device_capability()[0] < 9:
+        return
+    before = _cuda.stream_h2()
+    try:
+        _cuda.set_stream_h2(16384)
+        for n, k, gs, tokens, taken in (
+                (49152, 12288, 256, 1, True), (8192, 28672, 256, 1, True),
+                (28672, 8192, 256, 1, True), (16384, 8192, 256, 1, True),
+                (16384, 8160, 256, 1, False), (4096, 4096, 256, 1, False),
+                (49152, 12288, 128, 1, False), (49000, 12288, 256, 1, False),
+                (49152, 12288, 256, 2, False)):
+            cfg = _cuda.config(tokens, n, k, gs)
+            assert cfg["stream_h2"] == taken, (n, k, gs, tokens)
+            if taken:
+                assert not cfg["gemv_h2"] and cfg["h2_blocks"] == torch.cuda.get_device_properties(
+                    0).multi_processor_count
+        _cuda.set_stream_h2(2 * 3)  # 2 chunks x 3 units: taken
+        assert _cuda.config(1, 512, 77, 256)["stream_h2"]
+        _cuda.set_stream_h2(2 * 3 + 1)
+        assert not _cuda.config(1, 512, 77, 256)["stream_h2"]
+    finally:
+        _cuda.set_stream_h2(*before)
