@@ -365,6 +365,16 @@ def _f16_one_token_err(layer, w64, seed):
     return rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
 
 
+def _check_bf16_f32_one_token(layer, w64):
+    """One bf16 and one f32 token against the float64 reference (the half2 paths take f16 only,
+    so these run gemv whatever the knobs say)."""
+    n, k = layer["out_features"], layer["in_features"]
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1, k, generator=torch.Generator().manual_seed(n)).to(dtype).cuda()
+        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (dtype, err)
+
+
 # the SHAPES the gemv paths take (chunks <= 256 rows); a long K (384 units: the f16 sums of many
 # units) on a few rows; blocks whose warp groups walk several units each (on an H100: 4 per group
 # in full 256-row chunks, the immediate-offset loads; 8 per group at gs = 64, the pointer walk);
@@ -388,10 +398,7 @@ def test_hgemv_matches_float64(n, k, gs, quantizer, h2_on):
     assert err_h2 < 2 * err_f32 + 5e-4, (err_h2, err_f32)
     # other activation types take the gemv kernel whatever the knob says
     _cuda.set_gemv_h2_min_chunk_units(0)
-    for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(1, k, generator=torch.Generator().manual_seed(n)).to(dtype).cuda()
-        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
-        assert err < BUDGET[dtype], (dtype, err)
+    _check_bf16_f32_one_token(layer, w64)
 
 
 @pytest.mark.parametrize("depth", list(range(0, 9)))
@@ -657,10 +664,7 @@ def test_stream_h2_matches_float64(n, k, quantizer, groups, blocks, stagers, str
         _cuda.set_gemv_h2_min_chunk_units(before)
     assert err_h2 < 2 * err_f32 + 5e-4, (err_h2, err_f32)
     _cuda.set_stream_h2(0, groups)
-    for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(1, k, generator=torch.Generator().manual_seed(n)).to(dtype).cuda()
-        err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
-        assert err < BUDGET[dtype], (dtype, err)
+    _check_bf16_f32_one_token(layer, w64)
 
 
 @pytest.mark.parametrize("depth", list(range(0, 9)))
