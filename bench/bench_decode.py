@@ -197,6 +197,11 @@ def main(argv=None) -> int:
     p.add_argument("--compare-fmma", action="store_true",
                    help="also time each radio model with the fmma kernel switched the other way "
                         "(radio._cuda.set_fmma_tokens), in the same run")
+    p.add_argument("--compare-launch", action="store_true",
+                   help="also time each radio model launched as before session 14: no "
+                        "programmatic dependent launch (radio._cuda.set_pdl) and a fresh "
+                        "workspace zeroed by a memset per layer call (the layers' kept "
+                        "workspaces set aside)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -221,17 +226,29 @@ def main(argv=None) -> int:
             achieved = swap_in_radio(model, bpw)
             from radio._ext import _cuda
             default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
-            variants = [("radio", default_fmma)]
+            # (label, fmma token range, launched as before session 14)
+            variants = [("radio", default_fmma, False)]
             if args.compare_fmma:
                 one_on = default_fmma[0] <= 1 <= default_fmma[1]
-                variants.append(("radio-nofmma", (1, 0, 0)) if one_on
-                                else ("radio-fmma", (1, 32, 32)))
-            for label, fmma_range in variants:
+                variants.append(("radio-nofmma", (1, 0, 0), False) if one_on
+                                else ("radio-fmma", (1, 32, 32), False))
+            if args.compare_launch:
+                variants.append(("radio-old", default_fmma, True))
+            for label, fmma_range, old_launch in variants:
                 _cuda.set_fmma_tokens(*fmma_range)
+                kept = {mod: mod.workspace for mod in model.modules()
+                        if isinstance(mod, RadioLinear)}
+                if old_launch:
+                    _cuda.set_pdl(False)
+                    for mod in kept:
+                        mod.workspace = None
                 try:
                     ms, how = decode_step_ms(model, args.context, use_cache)
                 finally:
                     _cuda.set_fmma_tokens(*default_fmma)
+                    _cuda.set_pdl(True)
+                    for mod, ws in kept.items():
+                        mod.workspace = ws
                 rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,
                                  tokens_per_s=1e3 / ms, speedup=ms16 / ms, step=how))
                 print(f"{name:>18} {label:>9} {achieved:>7.3f} {ms:>9.3f} {1e3 / ms:>9.1f} "

@@ -200,7 +200,7 @@ def copies_for(bytes_per_copy: int) -> int:
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
         stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False,
-        h2_groups=()) -> None:
+        h2_groups=(), compare_launch: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
     default_stream_h2 = _cuda.stream_h2()  # ... or on the stream kernel's half2 consumers
@@ -255,6 +255,11 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                              for i in range(calls)]
                 radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
                                for i in range(calls)]
+                # --compare-launch: the same calls without the layers' kept workspaces (a
+                # fresh one, zeroed by a memset node before each kernel, as before session 14)
+                fresh = [{name: v for name, v in L.items() if name != "workspace"} for L in layers]
+                fresh_calls = [(lambda L=fresh[i % len(fresh)]: ops.qlinear(x, **L))
+                               for i in range(calls)]
                 # The first f16 graph after a shape's setup has timed up to 18% slow (500 against
                 # 422 us on 49152x12288, every replay of it; RESULTS.md sessions 4 and 6): the
                 # faster of two graphs is the f16 time.
@@ -306,7 +311,19 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                             8 if kernel in ("gemv", "gemv_h2", "stream_h2") else 0)
                     # the row is labelled with the kernel that runs, or not timed
                     runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
-                    trad = time_graph(radio_calls) if runs == kernel else None
+                    # (label suffix, programmatic dependent launch, kept workspace): the default
+                    # launch first, then with --compare-launch the older ones
+                    modes = [("", True, True)]
+                    if compare_launch and tokens <= 16:
+                        modes += [("/memset", True, False), ("/nopdl", False, True),
+                                  ("/nopdl+memset", False, False)]
+                    timed = []
+                    if runs == kernel:
+                        for suffix, pdl, kept in modes:
+                            _cuda.set_pdl(pdl)
+                            timed.append((path + suffix,
+                                          time_graph(radio_calls if kept else fresh_calls)))
+                        _cuda.set_pdl(True)
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_h2_min_chunk_units(default_h2)
                     _cuda.set_stream_h2(*default_stream_h2)
@@ -316,20 +333,22 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     _cuda.set_stream_groups(DEFAULT_STREAM_GROUPS)
                     _cuda.set_stream_stagers(DEFAULT_STREAM_STAGERS)
                     _cuda.set_stream_max_blocks(0)
-                    if trad is None:
+                    if not timed:
                         print(f"  ({path} cannot take {n}x{k} at {tokens} tokens: {runs} would run)")
                         continue
                     read = kernel_read_bytes(first, tokens)
-                    row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
-                               tokens=tokens, path=path, f16_us=round(t16, 2),
-                               radio_us=round(trad, 2), speedup=round(t16 / trad, 3),
-                               radio_bw_frac=round(read / (trad * 1e-6) / bw, 3),
-                               f16_bw_frac=round((2 * n * k + 2 * tokens * k) / (t16 * 1e-6) / bw,
-                                                 3))
-                    out_rows.append(row)
-                    print(f"{n:>6}x{k:<6} {row['bpw']:>6.3f} {tokens:>5} {t16:>10.2f} "
-                          f"{trad:>10.2f} {row['speedup']:>8.2f}x {row['radio_bw_frac']:>7.2f} "
-                          f"{row['f16_bw_frac']:>7.2f} {path}", flush=True)
+                    for label, trad in timed:
+                        row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
+                                   tokens=tokens, path=label, f16_us=round(t16, 2),
+                                   radio_us=round(trad, 2), speedup=round(t16 / trad, 3),
+                                   radio_bw_frac=round(read / (trad * 1e-6) / bw, 3),
+                                   f16_bw_frac=round((2 * n * k + 2 * tokens * k)
+                                                     / (t16 * 1e-6) / bw, 3))
+                        out_rows.append(row)
+                        print(f"{n:>6}x{k:<6} {row['bpw']:>6.3f} {tokens:>5} {t16:>10.2f} "
+                              f"{trad:>10.2f} {row['speedup']:>8.2f}x "
+                              f"{row['radio_bw_frac']:>7.2f} {row['f16_bw_frac']:>7.2f} {label}",
+                              flush=True)
             if gemv_waves and bpw == PREFILL_RATE:
                 # the decode path's K-split sweep (1 token): waves of blocks per launch
                 x = torch.randn(1, k, device="cuda", generator=gen).half()
@@ -405,6 +424,10 @@ def main() -> None:
                          "half2 kernel (gemv_h2) and gemv side by side")
     ap.add_argument("--h2-groups", type=int, nargs="*", default=[], choices=(1, 2),
                     help="with --compare-h2: also stream_h2 with these consumer groups (x 8 warps)")
+    ap.add_argument("--compare-launch", action="store_true",
+                    help="up to 16 tokens: also time every row's kernel without programmatic "
+                         "dependent launch (/nopdl), with a fresh workspace zeroed by a memset "
+                         "node per call instead of the layer's kept one (/memset), and both")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -424,7 +447,7 @@ def main() -> None:
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
-        args.stream_blocks, args.compare_h2, args.h2_groups)
+        args.stream_blocks, args.compare_h2, args.h2_groups, args.compare_launch)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -5,8 +5,9 @@
 #   bash bench/run_gpu_kernels.sh [quick|full|tests|profile|quick-profile|tests-profile|custom]
 # (tests-profile: build, tests, memcheck and ncu only: no benchmark; custom: bench_gemm.py with
 # the arguments in BENCH_ARGS, timeout BENCH_TIMEOUT s). DECODE=1 adds the end-to-end decode
-# benchmark to any mode that runs one (quick, full and quick-profile always run it). SMOKE=EXPR
-# first runs the CUDA op tests matching EXPR (pytest -x -k, 120 s) and stops on a failure or hang.
+# benchmark to any mode that runs one (quick, full and quick-profile always run it; DECODE_ARGS
+# replaces its arguments, default --compare-fmma). SMOKE=EXPR first runs the CUDA op and launch
+# tests matching EXPR (pytest -x -k, 120 s) and stops on a failure or hang.
 # SKIP_TESTS=1 skips the full test run and memcheck (a first look at a new kernel's speed).
 # The build is bench/gpu_build.sh's.
 set -uo pipefail
@@ -29,7 +30,8 @@ python3 -c 'import radio, radio._cuda as c; print("radio._cuda", c.__file__, "ru
 
 if [ -n "${SMOKE:-}" ]; then
   step "smoke tests (-k $SMOKE)"
-  timeout 120 python3 -m pytest -x -q -p no:cacheprovider tests/python/test_cuda_ops.py -k "$SMOKE" \
+  timeout 120 python3 -m pytest -x -q -p no:cacheprovider tests/python/test_cuda_ops.py \
+    tests/python/test_cuda_launch.py -k "$SMOKE" \
     2>&1 | tee "$OUT/smoke.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "SMOKE FAILED"; exit 1; }
 fi
@@ -38,7 +40,7 @@ if [ -n "${SKIP_TESTS:-}" ]; then
   echo "(tests and memcheck skipped: SKIP_TESTS)"
 else
 step "tests"
-timeout 400 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py \
+timeout 400 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_cuda_ops.py tests/python/test_cuda_launch.py \
   2>&1 | tee "$OUT/tests.log" | tail -25
 [ "$MODE" = tests ] && exit 0
 
@@ -94,6 +96,7 @@ else
 fi
 if [ "$MODE" = quick ] || [ "$MODE" = full ] || [ "$MODE" = quick-profile ] || [ -n "${DECODE:-}" ]; then
   step "end-to-end decode (batch 1, CUDA graphs)"
-  timeout 240 python3 bench/bench_decode.py --compare-fmma --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log"
+  timeout 240 python3 bench/bench_decode.py ${DECODE_ARGS:---compare-fmma} --json "$OUT/decode.json" 2>&1 \
+    | tee "$OUT/decode.log"
 fi
 step "done"

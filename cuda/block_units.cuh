@@ -30,6 +30,7 @@ struct DecodeParams {
   int* counters;                    // per chunk (and token group), zeroed (splits > 1 only)
   int m, n, k, gs, units, padded_k;
   int units_per_split, splits;
+  std::int64_t qweight_words;       // qweight's length; -1: unknown (pdl.cuh's prefetch skipped)
 };
 
 // Depths and word offsets of the block's n_units units (unit index chunk_unit0 on) into shared
@@ -79,10 +80,12 @@ __device__ __forceinline__ PositionMeta<kStage> load_position_meta(const DecodeP
 // After every block of a K split has added its f32 partials to the workspace (permuted row prow,
 // token t at ws[prow * ws_stride + t]): the chunk's last block (the one that brings *counter to
 // splits; it resets it) writes y[t, row_perm[prow]] = partial + bias for its rows_c rows and m
-// tokens. Every thread of the block calls this.
+// tokens, and zeroes the partials it read: a workspace that was zero before the call is zero
+// after it (the one-token calls keep one per layer and skip the memset: ops.cu). Every thread of
+// the block calls this.
 template <typename Act>
 __device__ __forceinline__ void write_k_split_rows(int* counter, int splits, int* s_is_last,
-                                                   const float* ws, int ws_stride, int rows_c,
+                                                   float* ws, int ws_stride, int rows_c,
                                                    int m, std::int64_t perm_row0,
                                                    const std::int32_t* row_perm,
                                                    const __half* bias, Act* y, int n, int tid,
@@ -98,8 +101,9 @@ __device__ __forceinline__ void write_k_split_rows(int* counter, int splits, int
     const std::int64_t prow = perm_row0 + row;
     const int orig = row_perm[prow];
     const float b = bias ? __half2float(bias[orig]) : 0.f;
-    y[static_cast<std::int64_t>(t) * n + orig] =
-        from_float<Act>(__ldcg(ws + prow * ws_stride + t) + b);
+    float* partial = ws + prow * ws_stride + t;
+    y[static_cast<std::int64_t>(t) * n + orig] = from_float<Act>(__ldcg(partial) + b);
+    __stcg(partial, 0.f);
   }
   if (tid == 0) *counter = 0;
 }

@@ -33,6 +33,7 @@
 #include "common.cuh"
 #include "decode.cuh"
 #include "ops.hpp"  // kGemvMaxTokens
+#include "pdl.cuh"
 #include "transpose_x.cuh"
 
 namespace radio::cuda {
@@ -200,6 +201,11 @@ __device__ __forceinline__ void gemv_unit_any(int depth, float (&acc_a)[kTokens]
   }
 }
 
+// Bytes of its words a block asks into L2 before the previous kernel ends (pdl.cuh): the first
+// wave (8 blocks per SM) asks ~8.6 MB on an H100, about what HBM delivers in the ~3 us the
+// previous kernel's last blocks take to drain.
+constexpr int kGemvPrefetchBytes = 8 * 1024;
+
 template <typename Act, int kTokens>
 __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   // The table at a fixed shared address: the lookup is one LDS [offset + constant].
@@ -220,10 +226,14 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31;
   const int m = p.m;
 
+  const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
+  // Programmatic dependent launch (pdl.cuh): this block's first words and its side information
+  // are asked into L2 while the previous kernel drains.
+  decode_block_wait_previous(p, chunk, u_begin, n_units, tid, kGemvPrefetchBytes);
+
   if (tid == 0) s_max_depth = 0;
   if (tid < kTokens) s_term[tid] = 0.f;
   __syncthreads();
-  const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
   load_block_units(p.depth, p.unit_offset, chunk_unit0, n_units, tid, nthreads, lane, s_depth,
                    s_offset, &s_max_depth);
 
@@ -300,6 +310,10 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
     }
   }
 
+  // The block's words are read: the next kernel may be scheduled as blocks leave (pdl.cuh; a
+  // trigger at the start let several kernels' waiting blocks pile up on a small layer and made
+  // 4096x4096 25% slower on an H200, RESULTS.md session 14).
+  pdl_allow_next();
   Act* y = static_cast<Act*>(p.y);
   const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * p.gs;
 #pragma unroll

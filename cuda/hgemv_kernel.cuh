@@ -41,6 +41,7 @@
 #include "decode.cuh"
 #include "fmma_kernel.cuh"  // kFmmaPairEntries, kFmmaPairMaxDepth: the same tables
 #include "gemv_kernel.cuh"  // RowWords, load_row_words, pair_table_start
+#include "pdl.cuh"
 
 namespace radio::cuda {
 
@@ -210,11 +211,16 @@ __device__ __forceinline__ void write_hgemv_tables(const HgemvParams& p, std::ui
   for (int i = kFirstSingle + tid; i < kTableEntries; i += nthreads) s_table[i] = p.table[i];
 }
 
-// (a template so that every translation unit including this header may carry it). ptxas gives
-// it 64 registers, hence 4 blocks per SM; __launch_bounds__'s minimum of 4 would pin that, but it
-// changed the schedule and that build has not run on a GPU.
+// Bytes of its words a block asks into L2 before the previous kernel ends (pdl.cuh): the first
+// wave (4 blocks per SM) asks ~8.6 MB on an H100, as gemv's.
+constexpr int kHgemvPrefetchBytes = 16 * 1024;
+
+// (a template so that every translation unit including this header may carry it). 64 registers,
+// hence 4 blocks per SM (select_config.cu's kHgemvBlocksPerSm): until session 14 ptxas chose 64
+// by itself; with the L2 prefetches before the PDL wait it chose 80 (3 blocks per SM), so the
+// launch bound's minimum of 4 blocks pins it (no spills).
 template <int kGroups>
-__global__ void __launch_bounds__(128 * kGroups) hgemv_kernel(const HgemvParams p) {
+__global__ void __launch_bounds__(128 * kGroups, 4) hgemv_kernel(const HgemvParams p) {
   static_assert(kGroups == 2, "group 1 hands its row sums to group 0");
   __shared__ __align__(16) std::uint32_t s_pairs[kFmmaPairEntries * 32];  // one copy per bank
   __shared__ std::uint32_t s_table[512];  // f16 value in the low half
@@ -245,6 +251,9 @@ __global__ void __launch_bounds__(128 * kGroups) hgemv_kernel(const HgemvParams 
   const int b_off = row_b < rows_c ? row_b - row_a : 0;
   const std::uint32_t* qa = p.qweight + row_a;
   const std::int64_t chunk_unit0 = static_cast<std::int64_t>(chunk) * p.units + u_begin;
+  // Programmatic dependent launch (pdl.cuh): this block's first words and its side information
+  // are asked into L2 while the previous kernel drains.
+  decode_block_wait_previous(p, chunk, u_begin, n_units, tid, kHgemvPrefetchBytes);
   // Full chunks of 256 rows (all but a short last one at the default group size): the word
   // rows lie 1 KB apart and row b 512 bytes after row a, so every load of a unit is one LDG at
   // an immediate offset from one pointer (load_unit_words<true>).
@@ -310,6 +319,7 @@ __global__ void __launch_bounds__(128 * kGroups) hgemv_kernel(const HgemvParams 
       hgemv_walk<false, kGroups>(acc_a, acc_b, cur, qa, group, n_units, s_depth, s_offset, rows_c,
                                  b_off, pairs, table, lane4, xs);
   }
+  pdl_allow_next();  // the block's words are read (as gemv_kernel.cuh)
   if (group == 1 && row_a < rows_c) {
     s_partial[row_a] = acc_a;
     if (row_b < rows_c) s_partial[row_b] = acc_b;

@@ -4,7 +4,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "common.cuh"
 #include "dequant_kernel.cuh"
@@ -19,6 +21,24 @@
 
 namespace radio::cuda {
 
+// `kernel<<<grid, block, smem, stream>>>(args...)`, with programmatic dependent launch when `pdl`
+// (the config's `pdl`: the kernel follows pdl.cuh's contract).
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, int smem,
+                          cudaStream_t stream, bool pdl, Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
 template <typename Act, Quant kQ, int kTokTiles>
 cudaError_t launch_qlinear_instance(const QlinearParams& p, const QlinearConfig& c,
                                     cudaStream_t stream) {
@@ -30,9 +50,8 @@ cudaError_t launch_qlinear_instance(const QlinearParams& p, const QlinearConfig&
 template <typename Act, int kTokens>
 cudaError_t launch_gemv_instance(const GemvParams& p, const QlinearConfig& c,
                                  cudaStream_t stream) {
-  const dim3 grid(c.grid_x, c.grid_y);
-  gemv_kernel<Act, kTokens><<<grid, c.threads, c.smem_bytes, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(gemv_kernel<Act, kTokens>, dim3(c.grid_x, c.grid_y), dim3(c.threads),
+                       c.smem_bytes, stream, c.pdl, p);
 }
 
 template <typename Act, int kTokTiles>
@@ -62,16 +81,15 @@ cudaError_t launch_fmma_instance(const FmmaParams& p, const QlinearConfig& c,
 }
 
 // (blocks, threads, smem_bytes: the config's stream fields, or its h2 ones for the half2
-// consumers, which share the config with gemv)
+// consumers, which share the config with gemv; pdl: the config's)
 template <typename Act, int kGroups, int kTT, bool kH2 = false>
 cudaError_t launch_stream_instance(const StreamParams& p, const CUtensorMap& map, int blocks,
-                                   int threads, int smem_bytes, cudaStream_t stream) {
+                                   int threads, int smem_bytes, bool pdl, cudaStream_t stream) {
   const auto kernel = stream_kernel<Act, kGroups, kTT, kH2>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
-  kernel<<<blocks, threads, smem_bytes, stream>>>(p, map);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(blocks), dim3(threads), smem_bytes, stream, pdl, p, map);
 }
 
 template <typename Out, int kR>
@@ -163,11 +181,12 @@ cudaError_t launch_stream_h2(const StreamParams& p, const CUtensorMap& map, cons
   cudaError_t launch_stream<Act>(const StreamParams& p, const CUtensorMap& map,                \
                                  const QlinearConfig& c, cudaStream_t s) {                     \
     const int b = c.grid_x, t = c.threads, sm = c.smem_bytes;                                  \
+    const bool d = c.pdl;                                                                      \
     if (c.tok_tiles == 2)                                                                      \
-      return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 2>(p, map, b, t, sm, s)     \
-                                  : launch_stream_instance<Act, 1, 2>(p, map, b, t, sm, s);    \
-    return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 1>(p, map, b, t, sm, s)       \
-                                : launch_stream_instance<Act, 1, 1>(p, map, b, t, sm, s);      \
+      return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 2>(p, map, b, t, sm, d, s)  \
+                                  : launch_stream_instance<Act, 1, 2>(p, map, b, t, sm, d, s); \
+    return c.stream_groups == 2 ? launch_stream_instance<Act, 2, 1>(p, map, b, t, sm, d, s)    \
+                                : launch_stream_instance<Act, 1, 1>(p, map, b, t, sm, d, s);   \
   }
 
 #define RADIO_INSTANTIATE_KERNELS(Act, kQ)                                                     \

@@ -87,7 +87,8 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t loc, std::uintptr_t depth, std::uintptr_t unit_offset,
          std::uintptr_t row_perm, std::uintptr_t col_perm, std::uintptr_t bias, std::uintptr_t y,
          int n, int k, int gs, int quantizer, std::uintptr_t workspace,
-         std::int64_t workspace_bytes, std::uintptr_t stream, std::int64_t qweight_words) {
+         std::int64_t workspace_bytes, std::uintptr_t stream, std::int64_t qweight_words,
+         bool workspace_zeroed) {
         LayerPtrs layer = layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
                                      col_perm, bias, n, k, gs, quantizer);
         RADIO_CHECK(qweight_words >= -1, "qweight_words must be the length of qweight (or -1: "
@@ -103,16 +104,19 @@ PYBIND11_MODULE(_cuda, m) {
         RADIO_CHECK(!(c.stream || c.stream_h2) || qweight_words >= 0,
                     "this launch takes the stream kernel, which needs qweight_words (the length "
                     "of qweight in words), got ", qweight_words);
-        raise_if(radio::cuda::qlinear(x, dtype, tokens, layer, y, workspace, c, stream));
+        raise_if(radio::cuda::qlinear(x, dtype, tokens, layer, y, workspace, c, stream,
+                                      workspace_zeroed));
       },
       py::arg("x"), py::arg("dtype"), py::arg("tokens"), py::arg("qweight"), py::arg("scale"),
       py::arg("loc"), py::arg("depth"), py::arg("unit_offset"), py::arg("row_perm"),
       py::arg("col_perm"), py::arg("bias"), py::arg("y"), py::arg("out_features"),
       py::arg("in_features"), py::arg("rows_per_group"), py::arg("quantizer"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
-      py::arg("qweight_words") = -1,
+      py::arg("qweight_words") = -1, py::arg("workspace_zeroed") = false,
       "y[tokens, N] = x[tokens, K] @ W.T + bias (1..8 tokens: CUDA-core decode path; up to 64 "
-      "per block: tensor cores; config() says which).");
+      "per block: tensor cores; config() says which). workspace_zeroed: the workspace is a "
+      "zeroed buffer kept across calls (no memset; zero again after the call). Not for two "
+      "calls at once on different streams.");
   m.def(
       "dequantize",
       [](std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc, std::uintptr_t depth,
@@ -253,6 +257,11 @@ PYBIND11_MODULE(_cuda, m) {
         return py::make_tuple(v[0], v[1]);
       },
       "The current set_stream_h2 values (min chunk-units, groups).");
+  m.def("set_pdl", &radio::cuda::set_pdl, py::arg("on"),
+        "Benchmark A/B: launch the gemv, hgemv and stream kernels with programmatic dependent "
+        "launch on sm_90 (default True), so that each may start while the kernel before it "
+        "drains.");
+  m.def("pdl", &radio::cuda::pdl_enabled, "The current set_pdl value.");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -286,6 +295,7 @@ PYBIND11_MODULE(_cuda, m) {
         d["grid"] = py::make_tuple(c.grid_x, c.grid_y, c.grid_z);
         d["smem_bytes"] = c.smem_bytes;
         d["workspace_bytes"] = c.workspace_bytes;
+        d["pdl"] = c.pdl;
         return d;
       },
       py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "launch.cuh"
 
@@ -37,6 +38,7 @@ void fill_layer(P& p, const LayerPtrs& l) {
   p.gs = l.gs;
   p.units = (l.k + 31) / 32;
   p.padded_k = 32 * p.units;
+  if constexpr (std::is_base_of_v<DecodeParams, P>) p.qweight_words = l.qweight_words;
 }
 
 // Laplace T_B[q] = -sign(v) ln(1 - 2|v|), v = (q + 1/2) / 2^B - 1/2 (docs/format.md), computed in
@@ -112,10 +114,12 @@ void copy_tables16(P& p, int quantizer) {
 }
 
 // The fields every qlinear kernel's parameters share, and the zeroed workspace of a K split
-// (f32 partials and the per-row-range counters the last block resets).
+// (f32 partials and the per-row-range counters the last block resets): memset here unless the
+// caller's is already zero (`ws_zeroed`).
 template <typename P>
 std::string prepare_call(P& p, std::uintptr_t x, int m, const LayerPtrs& layer, std::uintptr_t y,
-                         std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+                         std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c,
+                         cudaStream_t s) {
   fill_layer(p, layer);
   p.x = reinterpret_cast<const void*>(x);
   p.bias = reinterpret_cast<const __half*>(layer.bias);
@@ -126,6 +130,7 @@ std::string prepare_call(P& p, std::uintptr_t x, int m, const LayerPtrs& layer, 
   if (c.zeroed_bytes == 0) return {};
   p.workspace = reinterpret_cast<float*>(workspace);
   p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);
+  if (ws_zeroed) return {};
   return cuda_error(cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.zeroed_bytes, s),
                     "workspace memset");
 }
@@ -172,9 +177,9 @@ std::string launch_fmma_as(FmmaParams& p, std::uintptr_t x, int m, const LayerPt
 }
 
 std::string fmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+                 std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c, cudaStream_t s) {
   FmmaParams p{};
-  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   // 16-byte unit copies need every unit to start on a 16-byte boundary and span whole 4-row
   // groups: all chunks' rows a multiple of 4 (then every offset is too) and an aligned qweight.
   p.copy16 = layer.gs % 4 == 0 && layer.n % 4 == 0 && layer.qweight % 16 == 0;
@@ -239,10 +244,10 @@ std::string launch_stream_as(StreamParams& p, const CUtensorMap& map, std::uintp
 }
 
 std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
-                          std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
+                          std::uintptr_t y, std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c,
                           cudaStream_t s) {
   StreamParams p{};
-  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   CUtensorMap map;
   if (std::string err = encode_stream_map(layer, workspace, true, &map); !err.empty()) return err;
   switch (static_cast<DType>(dtype)) {
@@ -255,9 +260,9 @@ std::string stream_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& 
 
 // One token, f16 activations, where the config allows it: the half2 kernel with its K split.
 std::string hgemv(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
-                  std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+                  std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c, cudaStream_t s) {
   HgemvParams p{};
-  if (std::string err = prepare_call(p, x, 1, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, 1, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   p.units_per_split = c.h2_units_per_split;
   p.splits = c.h2_splits;
   copy_tables16<__half>(p, layer.quantizer);
@@ -268,9 +273,9 @@ std::string hgemv(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
 // One token, f16 activations, where the config allows it: the stream kernel with half2
 // consumers, x read directly.
 std::string stream_h2(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
-                      std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+                      std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c, cudaStream_t s) {
   StreamParams p{};
-  if (std::string err = prepare_call(p, x, 1, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, 1, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   CUtensorMap map;
   if (std::string err = encode_stream_map(layer, workspace, false, &map); !err.empty()) return err;
   copy_tables16<__half>(p, layer.quantizer);
@@ -280,13 +285,13 @@ std::string stream_h2(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y
 }
 
 std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+                 std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c, cudaStream_t s) {
   if (m == 1 && static_cast<DType>(dtype) == DType::kHalf) {
-    if (c.stream_h2) return stream_h2(x, layer, y, workspace, c, s);
-    if (c.gemv_h2) return hgemv(x, layer, y, workspace, c, s);
+    if (c.stream_h2) return stream_h2(x, layer, y, workspace, ws_zeroed, c, s);
+    if (c.gemv_h2) return hgemv(x, layer, y, workspace, ws_zeroed, c, s);
   }
   GemvParams p{};
-  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   fill_table_f32(static_cast<Quant>(layer.quantizer), p.table);
   std::memcpy(p.pair_table, tables16<__half>(static_cast<Quant>(layer.quantizer)).pairs,
               sizeof p.pair_table);
@@ -298,9 +303,9 @@ std::string gemv(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
 }
 
 std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                 std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
+                 std::uintptr_t workspace, bool ws_zeroed, const QlinearConfig& c, cudaStream_t s) {
   QmmaParams p{};
-  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   switch (static_cast<DType>(dtype)) {
     case DType::kHalf: return launch_qmma_as<__half>(p, x, m, layer, workspace, c, s);
     case DType::kBFloat16: return launch_qmma_as<__nv_bfloat16>(p, x, m, layer, workspace, c, s);
@@ -308,21 +313,12 @@ std::string qmma(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std
   }
 }
 
-}  // namespace
-
-std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
-                    std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
-                    std::uintptr_t stream) {
-  if (c.stream)
-    return stream_qlinear(x, dtype, m, layer, y, workspace, c,
-                          reinterpret_cast<cudaStream_t>(stream));
-  if (c.fmma)
-    return fmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
-  if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
-  if (c.qmma) return qmma(x, dtype, m, layer, y, workspace, c, reinterpret_cast<cudaStream_t>(stream));
+// The older tensor-core kernel (qlinear_kernel.cuh).
+std::string older_kernel_qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
+                                 std::uintptr_t y, std::uintptr_t workspace, bool ws_zeroed,
+                                 const QlinearConfig& c, cudaStream_t s) {
   QlinearParams p{};
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  if (std::string err = prepare_call(p, x, m, layer, y, workspace, c, s); !err.empty()) return err;
+  if (std::string err = prepare_call(p, x, m, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   p.rows_per_block = c.rows_per_block;
   p.row_blocks_per_chunk = c.row_blocks_per_chunk;
   p.slice_units = c.slice_units;
@@ -351,6 +347,25 @@ std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
       break;
   }
   return cuda_error(err, "qlinear launch");
+}
+
+}  // namespace
+
+std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer,
+                    std::uintptr_t y, std::uintptr_t workspace, const QlinearConfig& c,
+                    std::uintptr_t stream, bool ws_zeroed) {
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (c.stream) return stream_qlinear(x, dtype, m, layer, y, workspace, ws_zeroed, c, s);
+  if (c.fmma) return fmma(x, dtype, m, layer, y, workspace, ws_zeroed, c, s);
+  if (c.gemv) return gemv(x, dtype, m, layer, y, workspace, ws_zeroed, c, s);
+  if (c.qmma) return qmma(x, dtype, m, layer, y, workspace, ws_zeroed, c, s);
+  // The older tensor-core kernel: its last blocks do not zero the workspace (partials of
+  // tokens past m are added but never read), so a kept workspace is zeroed after it.
+  if (std::string err = older_kernel_qlinear(x, dtype, m, layer, y, workspace, ws_zeroed, c, s);
+      !err.empty() || !ws_zeroed || c.zeroed_bytes == 0)
+    return err;
+  return cuda_error(cudaMemsetAsync(reinterpret_cast<void*>(workspace), 0, c.zeroed_bytes, s),
+                    "workspace memset");
 }
 
 std::string dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype,

@@ -64,6 +64,9 @@ struct QlinearConfig {
   // xt_offset, with room for 4-byte activations; xt_tokens = 0: the kernel reads x itself.
   std::int64_t xt_offset = 0;
   int xt_tokens = 0, xt_groups = 0, xt_group_stride = 0;
+  // sm_90 (set_pdl): the gemv, hgemv and stream kernels are launched with programmatic dependent
+  // launch (pdl.cuh): they may start while the kernel before them on the stream drains.
+  bool pdl = false;
 };
 
 struct DequantConfig {
@@ -108,6 +111,10 @@ void set_stream_max_blocks(int blocks);
 // groups x 8 consumer warps (1 or 2). Checked before the hgemv threshold.
 void set_stream_h2(std::int64_t min_chunk_units, int groups);
 std::array<std::int64_t, 2> stream_h2();
+// Programmatic dependent launch of the decode kernels on sm_90 (default on; off: every kernel
+// waits for the one before it to finish before it starts): the benchmark's A/B knob.
+void set_pdl(bool on);
+bool pdl_enabled();
 int device_sm_count();  // -1 when CUDA cannot tell
 
 
@@ -121,8 +128,13 @@ struct LayerPtrs {
 // y[m, n] = x[m, k] @ W.T + bias for m >= 1 with the launch configuration c (from
 // select_qlinear_config for the same sizes); x and y in `dtype` (0 f16, 1 bf16, 2 f32);
 // `workspace` holds c.workspace_bytes.
+// `workspace_zeroed`: the zeroed part of `workspace` (c.zeroed_bytes) is zero on entry (a buffer
+// kept across calls): no memset before the kernel; it is zero again when the call completes
+// (the kernels' last blocks zero what they read; the older tensor-core kernel's workspace is
+// zeroed after it).
 std::string qlinear(std::uintptr_t x, int dtype, int m, const LayerPtrs& layer, std::uintptr_t y,
-                    std::uintptr_t workspace, const QlinearConfig& c, std::uintptr_t stream);
+                    std::uintptr_t workspace, const QlinearConfig& c, std::uintptr_t stream,
+                    bool workspace_zeroed = false);
 
 // out[n, k] = W in original order, in `dtype`.
 std::string dequantize(const LayerPtrs& layer, std::uintptr_t out, int dtype,

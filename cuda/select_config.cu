@@ -131,6 +131,12 @@ int g_stream_max_blocks = 0;  // set_stream_max_blocks(): tests (long ranges on 
 // against 24.1; 4096x4096: 16.6 against 13.5).
 std::int64_t g_stream_h2_min_chunk_units = -1;
 int g_stream_h2_groups = 2;
+// Programmatic dependent launch (pdl.cuh) for the kernels that take it (gemv, hgemv, stream,
+// stream_h2). H100, bench/read_ceiling.cu (RESULTS.md session 14): a plain read of a layer's bytes
+// kernel after kernel in a graph reached 0.94 / 0.91 / 0.66-0.82 of the read bandwidth on the
+// 175B / 70B / 7B sizes, and 0.97 / 0.97-0.99 / 0.81-0.96 when each kernel could start while the
+// one before drained.
+bool g_pdl = true;
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
@@ -357,7 +363,9 @@ void set_gemv_h2_min_chunk_units(std::int64_t min_chunk_units) {
 }
 std::int64_t gemv_h2_min_chunk_units() { return g_gemv_h2_min_chunk_units; }
 
-QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
+namespace {
+// The kernel and its launch shape for m tokens (select_qlinear_config adds the launch mode).
+QlinearConfig select_kernel_config(int m, int n, int k, int gs, int sm_count) {
   if (stream_applies(m, n, k, gs)) return select_stream_config(m, n, k, sm_count);
   const bool fmma_large_exception =
       m > g_fmma_large_max_tokens &&
@@ -401,6 +409,17 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   }
   return c;
 }
+
+}  // namespace
+
+QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
+  QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
+  c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
+  return c;
+}
+
+void set_pdl(bool on) { g_pdl = on; }
+bool pdl_enabled() { return g_pdl; }
 
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count) {
   (void)sm_count;

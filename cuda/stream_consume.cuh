@@ -51,8 +51,9 @@ __device__ __forceinline__ void stream_complete_chunk(const StreamParams& p, int
       const std::int64_t prow = perm_row0 + row;
       const int orig = p.row_perm[prow];
       const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
-      y[static_cast<std::int64_t>(t) * p.n + orig] =
-          from_float<Act>(__ldcg(p.workspace + prow * m + t) + b);
+      float* partial = p.workspace + prow * m + t;
+      y[static_cast<std::int64_t>(t) * p.n + orig] = from_float<Act>(__ldcg(partial) + b);
+      __stcg(partial, 0.f);  // zero again, as write_k_split_rows (block_units.cuh)
     }
     if (tid == 0) p.counters[chunk] = 0;
   }

@@ -49,6 +49,7 @@
 #include "decode.cuh"
 #include "fmma_kernel.cuh"  // kFmmaPairEntries, fill_a, fmma_single_pair, pair_table_start,
                             // load_x_fragments
+#include "pdl.cuh"
 #include "stream_consume.cuh"
 #include "stream_h2.cuh"
 #include "stream_layout.cuh"
@@ -227,6 +228,10 @@ struct StreamMmaDecoder {
   }
 };
 
+// Bytes of its words a block asks into L2 before the previous kernel ends (pdl.cuh): one
+// persistent block per SM, ~4.3 MB on an H100 (the ring's first 4 of 12 stages).
+constexpr int kStreamPrefetchBytes = 32 * 1024;
+
 // kH2: one token, f16, the half2 consumers of stream_h2.cuh (kTT = 1; the same roles and ring,
 // the tensor map without swizzle).
 template <typename Act, int kGroups, int kTT, bool kH2 = false>
@@ -260,6 +265,10 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   std::uint64_t* xs_full = stage_empty + kStreamStages;
   std::uint64_t* xs_empty = xs_full + kStreamXsBufs;
 
+  // The next kernel may be scheduled as this one's blocks leave (pdl.cuh): here at once, as a
+  // block takes most of an SM's shared memory no block of the next stream kernel can wait beside
+  // it (gemv and hgemv, smaller, allow it only once their words are read).
+  pdl_allow_next();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int units = p.units;
   const std::int64_t total = static_cast<std::int64_t>(p.n / kStreamRows) * units;
@@ -284,6 +293,19 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   }
   for (int i = tid; i < 512; i += blockDim.x) s_table[i] = p.table[i];
   __syncthreads();
+  // Programmatic dependent launch (pdl.cuh): barriers and tables are ready; the block's first
+  // words and its first four pieces' side information are asked into L2 while the previous
+  // kernel drains, then every role waits for it (the producer too: the TMA would read words a
+  // previous kernel may still write).
+  if (tid == 0 && begin < end) {
+    // flattened (chunk, unit) u is positions [32 u, 32 u + 32) of the [C, Kp] side arrays
+    const std::int64_t left = end - begin;
+    const int first_units = static_cast<int>(left < 4 * kStreamMaxPieceUnits ? left
+                                                                               : 4 * kStreamMaxPieceUnits);
+    prefetch_block_inputs(p, begin, first_units, 32 * begin, 32 * first_units,
+                          kStreamPrefetchBytes);
+  }
+  pdl_wait_previous();
   if (begin >= end) return;
 
   // The stream: word rows [row_begin, row_end) of qweight, in stages of 8 rows from row_begin.

@@ -12,7 +12,7 @@ cudaError_t launch_hgemv(const HgemvParams& p, const QlinearConfig& c, cudaStrea
       cudaFuncSetAttribute(hgemv_kernel<kHgemvGroups>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            hgemv_smem_bytes(kHgemvMaxUnits));
   if (err != cudaSuccess) return err;
-  hgemv_kernel<kHgemvGroups><<<dim3(c.grid_x, c.h2_splits), c.h2_threads, c.h2_smem_bytes, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(hgemv_kernel<kHgemvGroups>, dim3(c.grid_x, c.h2_splits),
+                       dim3(c.h2_threads), c.h2_smem_bytes, stream, c.pdl, p);
 }
 }  // namespace radio::cuda

@@ -7,7 +7,8 @@ namespace radio::cuda {
 cudaError_t launch_stream_h2(const StreamParams& p, const CUtensorMap& map, const QlinearConfig& c,
                              cudaStream_t stream) {
   const int b = c.h2_blocks, t = c.h2_threads, sm = c.h2_smem_bytes;
-  return c.h2_groups == 1 ? launch_stream_instance<__half, 1, 1, true>(p, map, b, t, sm, stream)
-                          : launch_stream_instance<__half, 2, 1, true>(p, map, b, t, sm, stream);
+  return c.h2_groups == 1
+             ? launch_stream_instance<__half, 1, 1, true>(p, map, b, t, sm, c.pdl, stream)
+             : launch_stream_instance<__half, 2, 1, true>(p, map, b, t, sm, c.pdl, stream);
 }
 }  // namespace radio::cuda

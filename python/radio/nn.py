@@ -52,6 +52,9 @@ class RadioLinear(nn.Module):
             self.register_buffer(name, prepared[name])
         # Derived from depth only; rebuilt on load instead of stored (docs/format.md says so).
         self.register_buffer("unit_offset", prepared["unit_offset"], persistent=False)
+        # The one-token kernels' zeroed workspace, kept so that no memset runs per call (zero
+        # between calls; not saved).
+        self.register_buffer("workspace", prepared["workspace"], persistent=False)
 
     # -- conversion ------------------------------------------------------------------------------
 
@@ -93,7 +96,8 @@ class RadioLinear(nn.Module):
                            depth=self.depth, row_perm=self.row_perm, col_perm=self.col_perm,
                            bias=self.bias, out_features=self.out_features,
                            in_features=self.in_features, rows_per_group=self.rows_per_group,
-                           quantizer=self.quantizer, unit_offset=self.unit_offset)
+                           quantizer=self.quantizer, unit_offset=self.unit_offset,
+                           workspace=self.workspace)
 
     # -- size ------------------------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ import torch
 from ._ext import _cuda
 from .format import QUANTIZERS, UNIT
 
-__all__ = ["qlinear", "prepare", "dequantize", "unit_offsets", "quantizer_table"]
+__all__ = ["qlinear", "prepare", "dequantize", "unit_offsets", "quantizer_table",
+           "decode_workspace_bytes"]
 
 _X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -195,12 +196,15 @@ def _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, 
 # The op
 # ----------------------------------------------------------------------------------------------
 
+# ``workspace`` is not declared mutated: the kernels write it during the call but leave it zero,
+# as it was (a declared mutation would make torch.compile copy it around every call).
 @torch.library.custom_op("radio::qlinear", mutates_args=())
 def _qlinear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
                 depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
                 bias: Optional[torch.Tensor], out_features: int, in_features: int,
                 rows_per_group: int, quantizer: int,
-                unit_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+                unit_offset: Optional[torch.Tensor] = None,
+                workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Default implementation (CPU and any device without a kernel): the reference path."""
     return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
                               out_features, in_features, rows_per_group, quantizer)
@@ -208,7 +212,7 @@ def _qlinear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, loc
 
 @_qlinear_op.register_fake
 def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
-      rows_per_group, quantizer, unit_offset=None):
+      rows_per_group, quantizer, unit_offset=None, workspace=None):
     torch._check(x.shape[-1] == in_features,
                  lambda: f"x has {x.shape[-1]} features, expected in_features={in_features}")
     return x.new_empty(*x.shape[:-1], out_features)
@@ -216,15 +220,15 @@ def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_
 
 @_qlinear_op.register_kernel("cuda")
 def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
-      rows_per_group, quantizer, unit_offset=None):
+      rows_per_group, quantizer, unit_offset=None, workspace=None):
     if not _cuda_ready():
         return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
                                   out_features, in_features, rows_per_group, quantizer)
     if unit_offset is None:
         unit_offset = unit_offsets(depth, out_features, rows_per_group)
     return _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
-                                out_features, in_features, rows_per_group, quantizer,
-                                unit_offset)
+                         out_features, in_features, rows_per_group, quantizer, unit_offset,
+                         workspace)
 
 
 @torch.library.custom_op("radio::dequantize", mutates_args=())
@@ -259,8 +263,13 @@ _CUDA_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
 def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
-                  in_features, rows_per_group, quantizer, unit_offset):
-    """Calls radio._cuda with raw pointers on the current stream; torch owns every buffer."""
+                  in_features, rows_per_group, quantizer, unit_offset, workspace=None):
+    """Calls radio._cuda with raw pointers on the current stream; torch owns every buffer.
+
+    One token with the layer's kept ``workspace`` (zero between calls): no memset node before
+    the kernel, which may then overlap the kernel before it (cuda/pdl.cuh). Otherwise a fresh
+    workspace, zeroed by radio._cuda.
+    """
     n, k = out_features, in_features
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
@@ -291,13 +300,15 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
             y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
         else:
             y = torch.empty(m, n, dtype=x.dtype, device=dev)
-            ws = torch.empty(_cuda.workspace_bytes(m, n, k, rows_per_group), dtype=torch.uint8,
-                             device=dev)
+            need = _cuda.workspace_bytes(m, n, k, rows_per_group)
+            kept = (m == 1 and workspace is not None and workspace.device == dev
+                    and workspace.numel() >= need)
+            ws = workspace if kept else torch.empty(need, dtype=torch.uint8, device=dev)
             _cuda.qlinear(x2.data_ptr(), dtype_code, m, qweight.data_ptr(), scale.data_ptr(),
                           loc.data_ptr(), depth.data_ptr(), unit_offset.data_ptr(),
                           row_perm.data_ptr(), col_perm.data_ptr(), bias_ptr, y.data_ptr(),
                           n, k, rows_per_group, quantizer, ws.data_ptr(), ws.numel(), stream,
-                          qweight.numel())
+                          qweight.numel(), kept)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -319,7 +330,7 @@ def _(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features,
 
 
 def _setup_context(ctx, inputs, output):
-    (x, qweight, scale, loc, depth, row_perm, col_perm, bias, n, k, gs, quantizer, _) = inputs
+    (x, qweight, scale, loc, depth, row_perm, col_perm, bias, n, k, gs, quantizer, _, _) = inputs
     ctx.save_for_backward(qweight, scale, loc, depth, row_perm, col_perm)
     ctx.attrs = (n, k, gs, quantizer)
     ctx.x_dtype = x.dtype
@@ -331,7 +342,7 @@ def _backward(ctx, grad):
     n, k, gs, quantizer = ctx.attrs
     w = _dequantize_op(qweight, scale, loc, depth, row_perm, col_perm, n, k, gs, quantizer)
     dx = (grad.reshape(-1, n).to(torch.float32) @ w).to(ctx.x_dtype)
-    return (dx.reshape(*grad.shape[:-1], k),) + (None,) * 12
+    return (dx.reshape(*grad.shape[:-1], k),) + (None,) * 13
 
 
 _qlinear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -355,11 +366,15 @@ def qlinear(x: torch.Tensor, *, qweight: torch.Tensor, scale: torch.Tensor, loc:
             depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
             bias: Optional[torch.Tensor] = None, out_features: int, in_features: int,
             rows_per_group: int, quantizer: Union[int, str],
-            unit_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+            unit_offset: Optional[torch.Tensor] = None,
+            workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ W.T + bias`` for a packed layer; x is [..., K] float16/bfloat16/float32.
 
     Returns [..., N] in x's dtype. ``quantizer`` is "laplace"/"uniform" or its code 0/1.
-    ``unit_offset`` is the cached result of ``unit_offsets`` (see ``prepare``).
+    ``unit_offset`` is the cached result of ``unit_offsets`` and ``workspace`` the layer's kept
+    zeroed buffer (both from ``prepare``): one-token calls on CUDA use it instead of a fresh
+    workspace and leave it zero. Calls that may run at the same time on different streams must
+    not share one ``workspace``.
     """
     if x.dtype not in _X_DTYPES:
         raise ValueError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
@@ -372,18 +387,42 @@ def qlinear(x: torch.Tensor, *, qweight: torch.Tensor, scale: torch.Tensor, loc:
     # On CUDA it would be a host sync per call, so there prepare() (once per layer) runs it.
     if depth.device.type == "cpu" and qweight.device.type == "cpu":
         _check_qweight_words(qweight, depth, out_features, rows_per_group)
+    if workspace is not None:
+        _check_workspace(workspace, out_features, rows_per_group)
     return _qlinear_op(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
-                       in_features, rows_per_group, code, unit_offset)
+                       in_features, rows_per_group, code, unit_offset, workspace)
+
+
+def decode_workspace_bytes(out_features: int, rows_per_group: int) -> int:
+    """Bytes of the workspace a one-token call needs at most: an f32 partial sum per row and a
+    counter per chunk (cuda/select_config.cu ``add_split_workspace``), kept zeroed per layer."""
+    chunks = -(-out_features // rows_per_group)
+    return (4 * out_features + 255) // 256 * 256 + 4 * chunks
+
+
+def _check_workspace(workspace: torch.Tensor, out_features: int, rows_per_group: int) -> None:
+    if not isinstance(workspace, torch.Tensor):
+        raise TypeError(f"workspace must be a torch.Tensor (from prepare()), got "
+                        f"{type(workspace).__name__}")
+    need = decode_workspace_bytes(out_features, rows_per_group)
+    if workspace.dtype != torch.uint8 or workspace.dim() != 1 or not workspace.is_contiguous():
+        raise ValueError(f"workspace must be a contiguous 1-D uint8 tensor (from prepare()), got "
+                         f"dtype {workspace.dtype} and shape {tuple(workspace.shape)}")
+    if workspace.numel() < need:
+        raise ValueError(f"workspace has {workspace.numel()} bytes, this layer needs {need} "
+                         f"(decode_workspace_bytes({out_features}, {rows_per_group}))")
 
 
 def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
             depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
             bias: Optional[torch.Tensor] = None, out_features: int, in_features: int,
             rows_per_group: int, quantizer: Union[int, str]) -> dict:
-    """The keyword arguments of ``qlinear`` for one layer, checked, with ``unit_offset`` added.
+    """The keyword arguments of ``qlinear`` for one layer, checked, with ``unit_offset`` and
+    ``workspace`` (zeroed, ``decode_workspace_bytes``) added.
 
     Call once per layer (after moving the tensors to their device) and keep the dict (or its
-    ``unit_offset`` as a buffer); ``qlinear(x, **prepared)`` then does no per-call setup.
+    ``unit_offset`` and ``workspace`` as buffers); ``qlinear(x, **prepared)`` then does no
+    per-call setup.
     Besides the dtype/shape checks it checks qweight's length against the depths (one host sync
     when depth is on a GPU), so the kernels never read past qweight.
     """
@@ -395,4 +434,6 @@ def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
     return dict(qweight=qweight, scale=scale, loc=loc, depth=depth, row_perm=row_perm,
                 col_perm=col_perm, bias=bias, out_features=out_features,
                 in_features=in_features, rows_per_group=rows_per_group, quantizer=code,
-                unit_offset=uoff)
+                unit_offset=uoff,
+                workspace=torch.zeros(decode_workspace_bytes(out_features, rows_per_group),
+                                      dtype=torch.uint8, device=qweight.device))

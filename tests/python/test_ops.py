@@ -192,6 +192,30 @@ def test_prepare_and_unit_offsets():
     assert ops.qlinear(x, **prepared).shape == (5, 300)
 
 
+def test_prepare_adds_a_zeroed_workspace():
+    """prepare() keeps one zeroed workspace per layer for the one-token CUDA kernels, sized by
+    decode_workspace_bytes (a row's f32 partial and a chunk's counter, 256-byte aligned)."""
+    layer, _ = random_layer(300, 77, 128, 0, seed=3)
+    ws = ops.prepare(**layer)["workspace"]
+    assert ws.dtype == torch.uint8 and ws.dim() == 1 and int(ws.count_nonzero()) == 0
+    assert ws.numel() == ops.decode_workspace_bytes(300, 128) == 1280 + 4 * 3
+    assert ops.decode_workspace_bytes(49152, 256) == 4 * 49152 + 4 * 192
+
+
+def test_bad_workspace_is_refused():
+    layer, _ = random_layer(300, 77, 128, 0, seed=3)
+    x = torch.randn(1, 77)
+    with pytest.raises(ValueError, match=r"workspace has 100 bytes, this layer needs 1292"):
+        ops.qlinear(x, **layer, workspace=torch.zeros(100, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"1-D uint8 tensor .* got dtype torch.float32"):
+        ops.qlinear(x, **layer, workspace=torch.zeros(400))
+    with pytest.raises(TypeError, match="workspace must be a torch.Tensor"):
+        ops.qlinear(x, **layer, workspace=b"\0" * 2000)
+    # the reference path (CPU) takes a right one and ignores it
+    ws = torch.zeros(ops.decode_workspace_bytes(300, 128), dtype=torch.uint8)
+    assert torch.equal(ops.qlinear(x, **layer, workspace=ws), ops.qlinear(x, **layer))
+
+
 def test_string_quantizer_accepted():
     layer, _ = random_layer(64, 64, 32, 1, seed=5)
     x = torch.randn(4, 64)
@@ -234,7 +258,7 @@ def test_opcheck_cpu():
     x = torch.randn(4, 100)
     args = (x, prepared["qweight"], prepared["scale"], prepared["loc"], prepared["depth"],
             prepared["row_perm"], prepared["col_perm"], prepared["bias"], 200, 100, 64, 0,
-            prepared["unit_offset"])
+            prepared["unit_offset"], prepared["workspace"])
     torch.library.opcheck(torch.ops.radio.qlinear.default, args)
     xg = x.clone().requires_grad_(True)
     torch.library.opcheck(torch.ops.radio.qlinear.default, (xg,) + args[1:])

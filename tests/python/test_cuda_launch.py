@@ -1,0 +1,227 @@
+"""GPU tests of how radio::qlinear launches its kernels (marked cuda; skipped without a GPU):
+
+- the layer's kept workspace (ops.prepare's ``workspace``): one-token calls skip the memset and
+  must leave it zero, on every kernel a one-token call can take (gemv, hgemv, stream_h2, and the
+  older tensor-core kernel for chunks of more than 256 rows, which radio._cuda zeroes after);
+- programmatic dependent launch (cuda/pdl.cuh, on by default on sm_90): results equal with it on
+  and off, eagerly and in CUDA graphs of several layers back to back, also right after a copy
+  into the layer's own weights (the kernel may only prefetch them before the previous one ends).
+
+Oracle: the float64 weight of test_ops.random_layer, budgets of test_cuda_ops.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+# (pytestmark: test_cuda_ops's marks and skips, without a GPU or the kernels)
+from test_cuda_ops import BUDGET, _layer, pytestmark  # noqa: E402,F401
+from test_ops import reference_y, rel_err  # noqa: E402
+
+from radio import ops  # noqa: E402
+from radio._ext import _cuda  # noqa: E402
+
+
+@pytest.fixture
+def knobs():
+    """Restores every routing and launch knob these tests set."""
+    h2, stream_h2, pdl = _cuda.gemv_h2_min_chunk_units(), _cuda.stream_h2(), _cuda.pdl()
+    stream = _cuda.stream_tokens()
+    try:
+        yield
+    finally:
+        _cuda.set_gemv_h2_min_chunk_units(h2)
+        _cuda.set_stream_h2(*stream_h2)
+        _cuda.set_pdl(pdl)
+        _cuda.set_stream_tokens(*stream)
+
+
+def _route(kernel: str) -> None:
+    """One-token f16 calls to `kernel`: gemv (f32 sums), gemv_h2 (hgemv) or stream_h2."""
+    _cuda.set_stream_h2(0 if kernel == "stream_h2" else -1)
+    _cuda.set_gemv_h2_min_chunk_units(0 if kernel == "gemv_h2" else -1)
+
+
+def _one_token_kernel(layer) -> str:
+    cfg = _cuda.config(1, layer["out_features"], layer["in_features"], layer["rows_per_group"])
+    if cfg["kernel"] != "gemv":
+        return cfg["kernel"]
+    return "stream_h2" if cfg["stream_h2"] else "gemv_h2" if cfg["gemv_h2"] else "gemv"
+
+
+@pytest.mark.parametrize("kernel,n,k,gs", [("gemv", 1000, 1100, 256), ("gemv", 517, 333, 64),
+                                           ("gemv_h2", 1024, 4000, 256),
+                                           ("stream_h2", 1024, 4000, 256)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kept_workspace_stays_zero(kernel, n, k, gs, dtype, knobs):
+    """Three one-token calls in a row on the layer's kept workspace: each correct, the workspace
+    zero after each (a partial left behind would add to the next call's rows)."""
+    if kernel == "stream_h2" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90")
+    _route(kernel)
+    layer, w64 = _layer(n, k, gs, 0, seed=n + k)
+    ws = layer["workspace"]
+    assert ws.numel() == ops.decode_workspace_bytes(n, gs) and ws.is_cuda
+    assert int(ws.count_nonzero()) == 0
+    assert _one_token_kernel(layer) == kernel
+    cfg = _cuda.config(1, n, k, gs)
+    assert max(cfg["splits"], cfg["h2_splits"]) > 1 or cfg["stream_h2"], cfg  # a K split
+    gen = torch.Generator().manual_seed(n)
+    for call in range(3):
+        x = torch.randn(1, k, generator=gen).to(dtype).cuda()
+        y = ops.qlinear(x, **layer)
+        torch.cuda.synchronize()
+        assert int(ws.count_nonzero()) == 0, (call, "workspace not zero after the call")
+        err = rel_err(y, reference_y(x, w64, layer["bias"].cpu()))
+        assert err < BUDGET[dtype], (call, err)
+
+
+def test_kept_workspace_is_used_without_memset(knobs):
+    """The one-token call really runs on the kept workspace with no memset: poisoned partials
+    (1.0 in every row) show up in y; zeroed again, y is right."""
+    _route("gemv_h2")
+    layer, w64 = _layer(1024, 4000, 256, 0, seed=12)
+    x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(2)).half().cuda()
+    ref = reference_y(x, w64, layer["bias"].cpu())
+    ws = layer["workspace"]
+    ws.view(torch.float32)[:1024].fill_(1.0)  # the partial sum of every (permuted) row
+    poisoned = ops.qlinear(x, **layer).float().cpu().numpy()
+    assert abs(float((poisoned - ref).mean()) - 1.0) < 0.05  # every row off by the poison
+    assert int(ws.count_nonzero()) == 0  # and the call zeroed it
+    assert rel_err(ops.qlinear(x, **layer), ref) < BUDGET[torch.float16]
+
+
+def test_older_kernel_zeroes_a_kept_workspace_after_it():
+    """Chunks of 512 rows run the older tensor-core kernel at one token, whose last blocks do not
+    zero what they read: radio._cuda zeroes a kept (workspace_zeroed) workspace after it."""
+    layer, w64 = _layer(700, 300, 512, 0, seed=13)
+    cfg = _cuda.config(1, 700, 300, 512)
+    assert cfg["kernel"] == "mma" and cfg["splits"] > 1, cfg
+    ws = torch.zeros(_cuda.workspace_bytes(1, 700, 300, 512), dtype=torch.uint8, device="cuda")
+    for seed in range(2):
+        x = torch.randn(1, 300, generator=torch.Generator().manual_seed(seed)).half().cuda()
+        y = torch.empty(1, 700, dtype=torch.float16, device="cuda")
+        _cuda.qlinear(x.data_ptr(), 0, 1, layer["qweight"].data_ptr(), layer["scale"].data_ptr(),
+                      layer["loc"].data_ptr(), layer["depth"].data_ptr(),
+                      layer["unit_offset"].data_ptr(), layer["row_perm"].data_ptr(),
+                      layer["col_perm"].data_ptr(), layer["bias"].data_ptr(), y.data_ptr(), 700,
+                      300, 512, 0, ws.data_ptr(), ws.numel(),
+                      torch.cuda.current_stream().cuda_stream, layer["qweight"].numel(),
+                      workspace_zeroed=True)
+        torch.cuda.synchronize()
+        assert int(ws.count_nonzero()) == 0, seed
+        assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
+
+
+def test_decode_workspace_bytes_covers_every_one_token_config(knobs):
+    """ops.decode_workspace_bytes (computed without radio._cuda, for layers built on the CPU)
+    against the configuration's own figure on every kernel a one-token call can take."""
+    for kernel in ("gemv", "gemv_h2", "stream_h2"):
+        _route(kernel)
+        for n, k, gs in [(1000, 1100, 256), (517, 333, 64), (4096, 11008, 256),
+                         (49152, 12288, 256), (37, 33, 256), (300, 77, 128)]:
+            need = _cuda.workspace_bytes(1, n, k, gs)
+            assert need <= ops.decode_workspace_bytes(n, gs), (kernel, n, k, gs, need)
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_h2", "stream_h2"])
+def test_pdl_on_and_off_agree(kernel, knobs):
+    """The same calls with programmatic dependent launch on and off (1 token on `kernel`, 16 on the
+    stream kernel, its layer threshold lowered), against the float64 reference."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90")
+    _route(kernel)
+    _cuda.set_stream_tokens(4, 16, 0)
+    layer, w64 = _layer(1024, 4096, 256, 1, seed=11)
+    assert _cuda.config(16, 1024, 4096, 256)["kernel"] == "stream"
+    assert _one_token_kernel(layer) == kernel
+    ref_bias = layer["bias"].cpu()
+    for tokens in (1, 16):
+        x = torch.randn(tokens, 4096, generator=torch.Generator().manual_seed(tokens)).half()
+        x = x.cuda()
+        outs = []
+        for pdl in (True, False):
+            _cuda.set_pdl(pdl)
+            assert _cuda.config(tokens, 1024, 4096, 256)["pdl"] == pdl
+            outs.append(ops.qlinear(x, **layer))
+        for y in outs:
+            assert rel_err(y, reference_y(x, w64, ref_bias)) < BUDGET[torch.float16], tokens
+        scale = outs[1].float().abs().max().item()
+        assert (outs[0].float() - outs[1].float()).abs().max().item() <= 2e-3 * scale
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_h2", "stream_h2"])
+def test_graph_of_layers_back_to_back(kernel, knobs):
+    """A CUDA graph of 6 one-token calls on 3 layers, each call's x the previous call's y (every
+    kernel's x is written by the kernel before it: what the wait in pdl.cuh guards), replayed
+    with fresh inputs: equal to the same chain computed eagerly without PDL, and the float64
+    reference of each step."""
+    if kernel == "stream_h2" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90")
+    _route(kernel)
+    layers = [_layer(1024, 1024, 256, q, seed=30 + i) for i, q in enumerate((0, 1, 0))]
+    static_x = torch.zeros(1, 1024, dtype=torch.float16, device="cuda")
+
+    def chain(x):
+        outs = []
+        for step in range(6):
+            layer = layers[step % 3][0]
+            x = ops.qlinear(x, **layer)  # (the layers keep the values' scale: ~1)
+            outs.append(x)
+        return outs
+
+    chain(static_x)  # warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_outs = chain(static_x)
+    for seed in range(2):
+        x0 = torch.randn(1, 1024, generator=torch.Generator().manual_seed(seed)).half().cuda()
+        static_x.copy_(x0)
+        graph.replay()
+        torch.cuda.synchronize()
+        _cuda.set_pdl(False)
+        eager = chain(x0)
+        _cuda.set_pdl(True)
+        x = x0
+        for step, (got, want) in enumerate(zip(static_outs, eager)):
+            layer, w64 = layers[step % 3]
+            ref = reference_y(x, w64, layer["bias"].cpu())
+            assert rel_err(got, ref) < 2 * BUDGET[torch.float16], (seed, step)
+            assert rel_err(got, want.float().cpu().numpy()) < 2 * BUDGET[torch.float16]
+            x = want
+        for layer, _ in layers:
+            assert int(layer["workspace"].count_nonzero()) == 0
+
+
+def test_weights_written_just_before_the_call(knobs):
+    """Every layer tensor overwritten by copies right before the call on the same stream (a
+    weight load): with PDL the kernel may start before the copies end, so it must not read them
+    before its wait (cuda/pdl.cuh); the result is the new layer's."""
+    _route("gemv_h2")
+    old, _ = _layer(1024, 4000, 256, 0, seed=40, depth=4)  # equal depths: equal tensor sizes
+    new, w64_new = _layer(1024, 4000, 256, 0, seed=41, depth=4)
+    x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(5)).half().cuda()
+    torch.cuda.synchronize()
+    for name in ("qweight", "scale", "loc", "depth", "unit_offset", "row_perm", "col_perm",
+                 "bias"):
+        old[name].copy_(new[name])
+    y = ops.qlinear(x, **old)  # no synchronisation between the copies and the call
+    err = rel_err(y, reference_y(x, w64_new, new["bias"].cpu()))
+    assert err < BUDGET[torch.float16], err
+
+
+def test_opcheck_with_kept_workspace():
+    """torch.library.opcheck with the workspace argument: the op leaves it as it found it (the
+    schema declares no mutation), fake and real outputs agree."""
+    layer, _ = _layer(1000, 1100, 256, 0, seed=4)
+    for tokens in (1, 4):
+        x = torch.randn(tokens, 1100, device="cuda").half()
+        args = (x, layer["qweight"], layer["scale"], layer["loc"], layer["depth"],
+                layer["row_perm"], layer["col_perm"], layer["bias"], 1000, 1100, 256, 0,
+                layer["unit_offset"], layer["workspace"])
+        torch.library.opcheck(torch.ops.radio.qlinear.default, args)
