@@ -198,9 +198,10 @@ def main(argv=None) -> int:
                    help="also time each radio model with the fmma kernel switched the other way "
                         "(radio._cuda.set_fmma_tokens), in the same run")
     p.add_argument("--compare-launch", action="store_true",
-                   help="also time each radio model launched as before session 14: no "
-                        "programmatic dependent launch (radio._cuda.set_pdl) and a fresh "
-                        "workspace zeroed by a memset per layer call (the layers' kept "
+                   help="also time each radio model with programmatic dependent launch the "
+                        "other way (radio._cuda.set_pdl: radio-pdl or radio-nopdl), and "
+                        "launched as before session 14 (radio-old: no PDL and a fresh "
+                        "workspace zeroed by a memset per layer call, the layers' kept "
                         "workspaces set aside)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -226,27 +227,30 @@ def main(argv=None) -> int:
             achieved = swap_in_radio(model, bpw)
             from radio._ext import _cuda
             default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
-            # (label, fmma token range, launched as before session 14)
-            variants = [("radio", default_fmma, False)]
+            default_pdl = _cuda.pdl()
+            # (label, fmma token range, programmatic dependent launch, kept workspaces)
+            variants = [("radio", default_fmma, default_pdl, True)]
             if args.compare_fmma:
                 one_on = default_fmma[0] <= 1 <= default_fmma[1]
-                variants.append(("radio-nofmma", (1, 0, 0), False) if one_on
-                                else ("radio-fmma", (1, 32, 32), False))
+                variants.append(("radio-nofmma", (1, 0, 0), default_pdl, True) if one_on
+                                else ("radio-fmma", (1, 32, 32), default_pdl, True))
             if args.compare_launch:
-                variants.append(("radio-old", default_fmma, True))
-            for label, fmma_range, old_launch in variants:
+                variants.append(("radio-nopdl" if default_pdl else "radio-pdl", default_fmma,
+                                 not default_pdl, True))
+                variants.append(("radio-old", default_fmma, False, False))
+            for label, fmma_range, pdl, keep in variants:
                 _cuda.set_fmma_tokens(*fmma_range)
+                _cuda.set_pdl(pdl)
                 kept = {mod: mod.workspace for mod in model.modules()
                         if isinstance(mod, RadioLinear)}
-                if old_launch:
-                    _cuda.set_pdl(False)
+                if not keep:
                     for mod in kept:
                         mod.workspace = None
                 try:
                     ms, how = decode_step_ms(model, args.context, use_cache)
                 finally:
                     _cuda.set_fmma_tokens(*default_fmma)
-                    _cuda.set_pdl(True)
+                    _cuda.set_pdl(default_pdl)
                     for mod, ws in kept.items():
                         mod.workspace = ws
                 rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,

@@ -208,6 +208,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
     fmma_on, fmma_off = (1, 32, 32), (1, 0, 0)
     default_stream = _cuda.stream_tokens()
     stream_on, stream_off = (1, 16), (1, 0)
+    default_pdl = _cuda.pdl()  # programmatic dependent launch (--compare-launch flips it)
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
                for _ in range(copies_for(2 * n * k))]
@@ -311,19 +312,22 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                             8 if kernel in ("gemv", "gemv_h2", "stream_h2") else 0)
                     # the row is labelled with the kernel that runs, or not timed
                     runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
-                    # (label suffix, programmatic dependent launch, kept workspace): the default
-                    # launch first, then with --compare-launch the older ones
-                    modes = [("", True, True)]
+                    # (programmatic dependent launch, kept workspace): the default launch first,
+                    # then with --compare-launch the other three, labelled by what differs
+                    modes = [(default_pdl, True)]
                     if compare_launch and tokens <= 16:
-                        modes += [("/memset", True, False), ("/nopdl", False, True),
-                                  ("/nopdl+memset", False, False)]
+                        modes += [(default_pdl, False), (not default_pdl, True),
+                                  (not default_pdl, False)]
                     timed = []
                     if runs == kernel:
-                        for suffix, pdl, kept in modes:
+                        for pdl, kept in modes:
                             _cuda.set_pdl(pdl)
-                            timed.append((path + suffix,
+                            label = "+".join(([] if pdl == default_pdl else
+                                              ["pdl" if pdl else "nopdl"])
+                                             + ([] if kept else ["memset"]))
+                            timed.append((path + (f"/{label}" if label else ""),
                                           time_graph(radio_calls if kept else fresh_calls)))
-                        _cuda.set_pdl(True)
+                        _cuda.set_pdl(default_pdl)
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_h2_min_chunk_units(default_h2)
                     _cuda.set_stream_h2(*default_stream_h2)
@@ -425,9 +429,10 @@ def main() -> None:
     ap.add_argument("--h2-groups", type=int, nargs="*", default=[], choices=(1, 2),
                     help="with --compare-h2: also stream_h2 with these consumer groups (x 8 warps)")
     ap.add_argument("--compare-launch", action="store_true",
-                    help="up to 16 tokens: also time every row's kernel without programmatic "
-                         "dependent launch (/nopdl), with a fresh workspace zeroed by a memset "
-                         "node per call instead of the layer's kept one (/memset), and both")
+                    help="up to 16 tokens: also time every row's kernel with programmatic "
+                         "dependent launch the other way (/pdl or /nopdl: set_pdl), with a fresh "
+                         "workspace zeroed by a memset node per call instead of the layer's kept "
+                         "one (/memset), and both")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")

@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
 
   // The block's words are read: the next kernel may be scheduled as blocks leave (pdl.cuh; a
   // trigger at the start let several kernels' waiting blocks pile up on a small layer and made
-  // 4096x4096 25% slower on an H200, RESULTS.md session 14).
+  // 4096x4096 27% slower on an H200, RESULTS.md session 14).
   pdl_allow_next();
   Act* y = static_cast<Act*>(p.y);
   const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * p.gs;

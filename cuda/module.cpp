@@ -259,8 +259,8 @@ PYBIND11_MODULE(_cuda, m) {
       "The current set_stream_h2 values (min chunk-units, groups).");
   m.def("set_pdl", &radio::cuda::set_pdl, py::arg("on"),
         "Benchmark A/B: launch the gemv, hgemv and stream kernels with programmatic dependent "
-        "launch on sm_90 (default True), so that each may start while the kernel before it "
-        "drains.");
+        "launch on sm_90 (default False: not yet measured as built, bench/RESULTS.md session "
+        "14), so that each may start while the kernel before it drains.");
   m.def("pdl", &radio::cuda::pdl_enabled, "The current set_pdl value.");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),

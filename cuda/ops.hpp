@@ -111,8 +111,9 @@ void set_stream_max_blocks(int blocks);
 // groups x 8 consumer warps (1 or 2). Checked before the hgemv threshold.
 void set_stream_h2(std::int64_t min_chunk_units, int groups);
 std::array<std::int64_t, 2> stream_h2();
-// Programmatic dependent launch of the decode kernels on sm_90 (default on; off: every kernel
-// waits for the one before it to finish before it starts): the benchmark's A/B knob.
+// Programmatic dependent launch of the decode kernels on sm_90 (default off, select_config.cu
+// says why; off: every kernel waits for the one before it to finish before it starts): the
+// benchmark's A/B knob.
 void set_pdl(bool on);
 bool pdl_enabled();
 int device_sm_count();  // -1 when CUDA cannot tell

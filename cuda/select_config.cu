@@ -132,11 +132,15 @@ int g_stream_max_blocks = 0;  // set_stream_max_blocks(): tests (long ranges on 
 std::int64_t g_stream_h2_min_chunk_units = -1;
 int g_stream_h2_groups = 2;
 // Programmatic dependent launch (pdl.cuh) for the kernels that take it (gemv, hgemv, stream,
-// stream_h2). H100, bench/read_ceiling.cu (RESULTS.md session 14): a plain read of a layer's bytes
-// kernel after kernel in a graph reached 0.94 / 0.91 / 0.66-0.82 of the read bandwidth on the
-// 175B / 70B / 7B sizes, and 0.97 / 0.97-0.99 / 0.81-0.96 when each kernel could start while the
-// one before drained.
-bool g_pdl = true;
+// stream_h2): off by default until measured as built. Why it is there: H100,
+// bench/read_ceiling.cu (RESULTS.md session 14), a plain read of a layer's bytes kernel after
+// kernel in a graph reached 0.94 / 0.91 / 0.66-0.82 of the read bandwidth on the 175B / 70B / 7B
+// sizes, 0.97 / 0.97-0.99 / 0.81-0.96 when each kernel could start while the one before drained.
+// Why it is off: its first version (every block triggering the next launch at its start) was
+// 2-8% faster on 49152x12288, the 70B and the 7B up/down shapes at one token but 27% slower on
+// 4096x4096 (H200, session 14 call 2: waiting blocks of several kernels piled up); the trigger
+// moved after the block's words (gemv, hgemv), and no device time was left to measure that.
+bool g_pdl = false;
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;

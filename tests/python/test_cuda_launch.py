@@ -3,8 +3,8 @@
 - the layer's kept workspace (ops.prepare's ``workspace``): one-token calls skip the memset and
   must leave it zero, on every kernel a one-token call can take (gemv, hgemv, stream_h2, and the
   older tensor-core kernel for chunks of more than 256 rows, which radio._cuda zeroes after);
-- programmatic dependent launch (cuda/pdl.cuh, on by default on sm_90): results equal with it on
-  and off, eagerly and in CUDA graphs of several layers back to back, also right after a copy
+- programmatic dependent launch (cuda/pdl.cuh, sm_90, off by default: _cuda.set_pdl): results
+  equal with it on and off, eagerly and in CUDA graphs of several layers back to back, also right after a copy
   into the layer's own weights (the kernel may only prefetch them before the previous one ends).
 
 Oracle: the float64 weight of test_ops.random_layer, budgets of test_cuda_ops.
@@ -160,9 +160,10 @@ def test_graph_of_layers_back_to_back(kernel, knobs):
     kernel's x is written by the kernel before it: what the wait in pdl.cuh guards), replayed
     with fresh inputs: equal to the same chain computed eagerly without PDL, and the float64
     reference of each step."""
-    if kernel == "stream_h2" and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the stream kernel needs sm_90")
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90")
     _route(kernel)
+    _cuda.set_pdl(True)  # (off by default)
     layers = [_layer(1024, 1024, 256, q, seed=30 + i) for i, q in enumerate((0, 1, 0))]
     static_x = torch.zeros(1, 1024, dtype=torch.float16, device="cuda")
 
@@ -203,6 +204,7 @@ def test_weights_written_just_before_the_call(knobs):
     weight load): with PDL the kernel may start before the copies end, so it must not read them
     before its wait (cuda/pdl.cuh); the result is the new layer's."""
     _route("gemv_h2")
+    _cuda.set_pdl(True)  # (off by default)
     old, _ = _layer(1024, 4000, 256, 0, seed=40, depth=4)  # equal depths: equal tensor sizes
     new, w64_new = _layer(1024, 4000, 256, 0, seed=41, depth=4)
     x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(5)).half().cuda()
