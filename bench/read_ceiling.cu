@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "graph_bench.cuh"
 #include "tma.cuh"
 
 using radio::cuda::mbar_arrive;
@@ -44,20 +45,6 @@ using radio::cuda::mbar_init;
 using radio::cuda::mbar_init_fence;
 using radio::cuda::mbar_wait;
 using radio::cuda::smem_addr;
-
-#define CHECK(call)                                                                          \
-  do {                                                                                       \
-    const cudaError_t e_ = (call);                                                           \
-    if (e_ != cudaSuccess) {                                                                 \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
-
-__device__ __forceinline__ void pdl_trigger() {
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-}
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) { return __ldcs(p); }
 __device__ __forceinline__ std::uint32_t load_stream(const std::uint32_t* p) { return __ldcs(p); }
@@ -185,22 +172,6 @@ struct Launch {
              cudaStream_t s, std::uint32_t* check);
 };
 
-template <typename K, typename... Args>
-void launch(K kernel, dim3 grid, dim3 block, std::size_t smem, bool pdl, cudaStream_t s,
-            Args... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
-}
-
 void launch_grid(const void* buf, std::size_t bytes, std::uint32_t* out, bool pdl, int sms,
                  cudaStream_t s, std::uint32_t* check) {
   launch(read_grid, dim3(sms * 4), dim3(512), 0, pdl, s, static_cast<const uint4*>(buf),
@@ -238,43 +209,17 @@ void launch_tma(const void* buf, std::size_t bytes, std::uint32_t* out, bool pdl
          static_cast<const unsigned char*>(buf), bytes, out, pdl, check);
 }
 
-// Median microseconds per launch of a graph of `calls` launches rotating over `copies`.
+// Median microseconds per launch of a graph of launches rotating over `copies` (graph_bench.cuh),
+// each after a 196 KB memset node in mode "memset", with PDL in mode "pdl".
 double time_calls(const Launch& l, const std::vector<void*>& copies, std::size_t bytes,
                   std::uint32_t* out, void* ws, const std::string& mode, int sms, cudaStream_t s) {
   const int calls = static_cast<int>(std::max<std::size_t>(12, copies.size()));
   const bool pdl = mode == "pdl";
   for (int i = 0; i < 2; ++i) l.fn(copies[i % copies.size()], bytes, out, false, sms, s, nullptr);
-  CHECK(cudaStreamSynchronize(s));
-  cudaGraph_t graph;
-  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < calls; ++i) {
+  return graph_us_per_call(calls, s, [&](int i) {
     if (mode == "memset") CHECK(cudaMemsetAsync(ws, 0, 196 * 1024, s));
     l.fn(copies[i % copies.size()], bytes, out, pdl, sms, s, nullptr);
-  }
-  CHECK(cudaStreamEndCapture(s, &graph));
-  cudaGraphExec_t exec;
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  CHECK(cudaGraphLaunch(exec, s));
-  CHECK(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int r = 0; r < 7; ++r) {
-    CHECK(cudaEventRecord(a, s));
-    CHECK(cudaGraphLaunch(exec, s));
-    CHECK(cudaEventRecord(b, s));
-    CHECK(cudaEventSynchronize(b));
-    float t = 0;
-    CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  CHECK(cudaGraphExecDestroy(exec));
-  CHECK(cudaGraphDestroy(graph));
-  CHECK(cudaEventDestroy(a));
-  CHECK(cudaEventDestroy(b));
-  return ms[ms.size() / 2] * 1e3 / calls;
+  });
 }
 
 // Word i of copy c: i * 2654435761 ^ c (every kernel's XOR over the copy is checked against the
@@ -286,19 +231,11 @@ __global__ void fill(std::uint32_t* a, std::size_t n, std::uint32_t seed) {
 }
 
 int main() {
-  int dev = 0, sms = 0, l2 = 0;
-  CHECK(cudaGetDevice(&dev));
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-  cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, dev));
-  std::printf("%s, %d SMs, L2 %d MB\n", prop.name, sms, l2 >> 20);
-  cudaStream_t s;
-  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  std::uint32_t* out;
-  void* ws;
-  CHECK(cudaMalloc(&out, 1 << 20));
-  CHECK(cudaMalloc(&ws, 1 << 20));
+  const BenchSetup b = bench_setup();
+  const int sms = b.sms, l2 = b.l2;
+  cudaStream_t s = b.stream;
+  std::uint32_t* out = b.out;
+  void* ws = b.scratch;
   std::uint32_t* check;
   CHECK(cudaMalloc(&check, 4));
 
