@@ -260,10 +260,6 @@ bool all_zero(const void* p, std::size_t bytes) {
 
 int main() {
   const BenchSetup b = bench_setup();
-  const int sms = b.sms, l2 = b.l2;
-  cudaStream_t s = b.stream;
-  std::uint32_t* out = b.out;
-  void* memset_target = b.scratch;
   std::mt19937 rng(1);
   struct RungLaunch {
     const char* name;
@@ -282,17 +278,18 @@ int main() {
   for (const auto& shape : shapes) {
     const int n = shape.first, k = shape.second;
     const std::size_t words_bytes = static_cast<std::size_t>(n) * k / 2;
-    const std::size_t copies = std::max<std::size_t>(2, (2ull * l2 + words_bytes - 1) / words_bytes + 1);
+    const std::size_t copies = copies_beyond_l2(words_bytes, b.l2);
     std::vector<Layer> layers;
-    for (std::size_t c = 0; c < copies; ++c) layers.push_back(make_layer(n, k, sms, rng));
+    for (std::size_t c = 0; c < copies; ++c) layers.push_back(make_layer(n, k, b.sms, rng));
     const int calls = static_cast<int>(std::max<std::size_t>(12, copies));
     for (const RungLaunch& r : rungs) {
-      for (int i = 0; i < 2; ++i) r.fn(layers[i % copies], out, s);  // warm up
-      const double us = graph_us_per_call(calls, s, [&](int i) {
-        if (r.memset) CHECK(cudaMemsetAsync(memset_target, 0, static_cast<std::size_t>(n) * 4, s));
-        r.fn(layers[i % copies], out, s);
+      for (int i = 0; i < 2; ++i) r.fn(layers[i % copies], b.out, b.stream);  // warm up
+      const double us = graph_us_per_call(calls, b.stream, [&](int i) {
+        if (r.memset)
+          CHECK(cudaMemsetAsync(b.scratch, 0, static_cast<std::size_t>(n) * 4, b.stream));
+        r.fn(layers[i % copies], b.out, b.stream);
       });
-      CHECK(cudaStreamSynchronize(s));
+      CHECK(cudaStreamSynchronize(b.stream));
       for (const Layer& L : layers)
         if (!all_zero(L.ws, static_cast<std::size_t>(n) * 4) ||
             !all_zero(L.counters, static_cast<std::size_t>(n / kRows) * 4)) {

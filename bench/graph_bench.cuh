@@ -48,6 +48,12 @@ inline BenchSetup bench_setup() {
   return b;
 }
 
+// Copies of `bytes` that a rotation must cycle through for every launch to read from HBM: more
+// than 2x the L2 in all (bench_gemm.py's copies_for), at least 2.
+inline std::size_t copies_beyond_l2(std::size_t bytes, int l2) {
+  return std::max<std::size_t>(2, (2ull * l2 + bytes - 1) / bytes + 1);
+}
+
 // kernel<<<grid, block, smem, s>>>(args...), with programmatic dependent launch when `pdl`.
 template <typename K, typename... Args>
 void launch(K kernel, dim3 grid, dim3 block, std::size_t smem, bool pdl, cudaStream_t s,

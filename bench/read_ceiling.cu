@@ -258,9 +258,7 @@ int main() {
   std::printf("%-12s %-8s %-7s %10s %9s %8s\n", "bytes", "kernel", "mode", "us", "GB/s", "of_ref");
   for (int si = static_cast<int>(sizes.size()) - 1; si >= 0; --si) {  // the reference first
     const std::size_t bytes = sizes[si].second;
-    const std::size_t n_copies =
-        std::max<std::size_t>(2, (2ull * l2 + bytes - 1) / bytes + 1);
-    std::vector<void*> copies(bytes >= (1ull << 30) ? 1 : n_copies);
+    std::vector<void*> copies(bytes >= (1ull << 30) ? 1 : copies_beyond_l2(bytes, l2));
     for (std::size_t c = 0; c < copies.size(); ++c) {
       CHECK(cudaMalloc(&copies[c], bytes));
       fill<<<sms * 8, 256, 0, s>>>(static_cast<std::uint32_t*>(copies[c]), bytes / 4,

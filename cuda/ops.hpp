@@ -64,8 +64,8 @@ struct QlinearConfig {
   // xt_offset, with room for 4-byte activations; xt_tokens = 0: the kernel reads x itself.
   std::int64_t xt_offset = 0;
   int xt_tokens = 0, xt_groups = 0, xt_group_stride = 0;
-  // sm_90 (set_pdl): the gemv, hgemv and stream kernels are launched with programmatic dependent
-  // launch (pdl.cuh): they may start while the kernel before them on the stream drains.
+  // sm_90 and set_pdl (off by default): the gemv, hgemv and stream kernels are launched with
+  // programmatic dependent launch (pdl.cuh): they may start while the kernel before them drains.
   bool pdl = false;
 };
 

@@ -1,10 +1,10 @@
 // Programmatic dependent launch (sm_90): the device side of the decode kernels' overlap with the
 // kernel before them on the stream.
 //
-// Why (bench/read_ceiling.cu, H100, RESULTS.md session 14): back-to-back reads of a layer's bytes
-// in a CUDA graph reach 0.82-0.99 of the read bandwidth kernel after kernel; letting each one start
-// while the previous drains reaches 0.96-1.00 (a 22.5 MB Llama-2-7B layer: 8.8 -> 7.5 us), and a
-// memset node between them (the K split's workspace) costs another 1-1.4 us.
+// Why (bench/read_ceiling.cu, H100, RESULTS.md session 14): back-to-back grid-stride reads of a
+// layer's bytes in a CUDA graph reach 0.82-0.99 of the read bandwidth kernel after kernel; letting
+// each one start while the previous drains reaches 0.96-1.00 (a 22.5 MB Llama-2-7B layer: 8.8 ->
+// 7.5 us), and a memset node between them (the K split's workspace) costs another 1.0-1.5 us.
 //
 // The contract of a kernel launched with the attribute (launch.cuh, `pdl` of the config):
 // - pdl_allow_next() lets the next kernel on the stream be scheduled onto SMs as this one's blocks

@@ -4,8 +4,9 @@
   must leave it zero, on every kernel a one-token call can take (gemv, hgemv, stream_h2, and the
   older tensor-core kernel for chunks of more than 256 rows, which radio._cuda zeroes after);
 - programmatic dependent launch (cuda/pdl.cuh, sm_90, off by default: _cuda.set_pdl): results
-  equal with it on and off, eagerly and in CUDA graphs of several layers back to back, also right after a copy
-  into the layer's own weights (the kernel may only prefetch them before the previous one ends).
+  equal with it on and off, eagerly and in CUDA graphs of several layers back to back, also
+  right after a copy into the layer's own weights (the kernel may only prefetch them before the
+  previous one ends).
 
 Oracle: the float64 weight of test_ops.random_layer, budgets of test_cuda_ops.
 """
