@@ -200,7 +200,7 @@ def copies_for(bytes_per_copy: int) -> int:
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
         stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False,
-        h2_groups=(), compare_launch: bool = False) -> None:
+        h2_groups=(), compare_launch: bool = False, compare_fence: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
     default_stream_h2 = _cuda.stream_h2()  # ... or on the stream kernel's half2 consumers
@@ -312,22 +312,29 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                             8 if kernel in ("gemv", "gemv_h2", "stream_h2") else 0)
                     # the row is labelled with the kernel that runs, or not timed
                     runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
-                    # (programmatic dependent launch, kept workspace): the default launch first,
-                    # then with --compare-launch the other three, labelled by what differs
-                    modes = [(default_pdl, True)]
+                    # (programmatic dependent launch, kept workspace, every thread fencing at
+                    # the K split's end): the default launch first, then with --compare-launch
+                    # the other three launches and with --compare-fence the fences before
+                    # session 15, labelled by what differs
+                    modes = [(default_pdl, True, False)]
                     if compare_launch and tokens <= 16:
-                        modes += [(default_pdl, False), (not default_pdl, True),
-                                  (not default_pdl, False)]
+                        modes += [(default_pdl, False, False), (not default_pdl, True, False),
+                                  (not default_pdl, False, False)]
+                    if compare_fence and tokens <= 64:
+                        modes += [(default_pdl, True, True)]
                     timed = []
                     if runs == kernel:
-                        for pdl, kept in modes:
+                        for pdl, kept, fence_all in modes:
                             _cuda.set_pdl(pdl)
+                            _cuda.set_fence_all(fence_all)
                             label = "+".join(([] if pdl == default_pdl else
                                               ["pdl" if pdl else "nopdl"])
-                                             + ([] if kept else ["memset"]))
+                                             + ([] if kept else ["memset"])
+                                             + (["fenceall"] if fence_all else []))
                             timed.append((path + (f"/{label}" if label else ""),
                                           time_graph(radio_calls if kept else fresh_calls)))
                         _cuda.set_pdl(default_pdl)
+                        _cuda.set_fence_all(False)
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_h2_min_chunk_units(default_h2)
                     _cuda.set_stream_h2(*default_stream_h2)
@@ -433,6 +440,9 @@ def main() -> None:
                          "dependent launch the other way (/pdl or /nopdl: set_pdl), with a fresh "
                          "workspace zeroed by a memset node per call instead of the layer's kept "
                          "one (/memset), and both")
+    ap.add_argument("--compare-fence", action="store_true",
+                    help="up to 64 tokens: also time every row's kernel with the K split's end "
+                         "as before session 15, every thread fencing (/fenceall: set_fence_all)")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -452,7 +462,8 @@ def main() -> None:
     t0 = time.time()
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
-        args.stream_blocks, args.compare_h2, args.h2_groups, args.compare_launch)
+        args.stream_blocks, args.compare_h2, args.h2_groups, args.compare_launch,
+        args.compare_fence)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -15,6 +15,11 @@
 //   memset   output, after a memset node per kernel (radio's launch before session 14)
 //   pdl      output with programmatic dependent launch as cuda/pdl.cuh (L2 prefetch of the
 //            block's first words, wait, trigger after the words)
+//   words8, output8   words and output with a thread's rows 2t, 2t + 1: one 8-byte load per
+//            plane for both rows instead of two 4-byte ones
+//   output1  output with one fence per block, by the counting thread after the barrier
+//            (cuda/block_units.cuh count_block_done, session 15), where output has every thread
+//            fence before it (the kernels before session 15); pdl1 the same with PDL
 // Every rung reads its own copy of a random layer of each shape at depth 4 (copies rotate beyond
 // 2x the L2), timed as bench_gemm.py times radio (graph_bench.cuh). After the output rungs the
 // workspace and counters must be zero again (checked).
@@ -65,7 +70,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 }
 
-template <int kRung, bool kPdl>
+template <int kRung, bool kPdl, bool kPairs, bool kOneFence>
 __global__ void __launch_bounds__(256, 4) ladder_kernel(const Layer L, std::uint32_t* out) {
   extern __shared__ __align__(16) unsigned char smem[];
   __half* xs = reinterpret_cast<__half*>(smem);
@@ -120,14 +125,20 @@ __global__ void __launch_bounds__(256, 4) ladder_kernel(const Layer L, std::uint
 
   // As hgemv_walk: the next unit's words are requested before the current one is used.
   std::uint32_t acc = 0;
-  const std::uint32_t* qa = L.qweight + row;
+  const std::uint32_t* qa = L.qweight + (kPairs ? 2 * row : row);
   auto load_unit = [&](int u, std::uint32_t (&w)[2 * kDepth]) {
     const std::int64_t off = kRung >= kUnits ? s_off[u] : (unit0 + u) * kUnitWords;
     const int d = kRung >= kUnits ? s_dep[u] : kDepth;
 #pragma unroll
     for (int j = 0; j < kDepth; ++j) {
-      w[2 * j] = j < d ? qa[off + j * kRows] : 0u;
-      w[2 * j + 1] = j < d ? qa[off + j * kRows + 128] : 0u;
+      if (kPairs) {
+        const uint2 v = j < d ? *reinterpret_cast<const uint2*>(qa + off + j * kRows) : uint2{};
+        w[2 * j] = v.x;
+        w[2 * j + 1] = v.y;
+      } else {
+        w[2 * j] = j < d ? qa[off + j * kRows] : 0u;
+        w[2 * j + 1] = j < d ? qa[off + j * kRows + 128] : 0u;
+      }
     }
   };
   std::uint32_t cur[2 * kDepth] = {}, next[2 * kDepth] = {};
@@ -160,12 +171,16 @@ __global__ void __launch_bounds__(256, 4) ladder_kernel(const Layer L, std::uint
     atomicAdd(L.ws + static_cast<std::int64_t>(chunk) * kRows + row, sum + chunk_term);
     atomicAdd(L.ws + static_cast<std::int64_t>(chunk) * kRows + row + 128, s_partial[row]);
   }
-  __threadfence();
+  if (!kOneFence) __threadfence();
   __syncthreads();
-  if (tid == 0) s_last = atomicAdd(&L.counters[chunk], 1) == L.splits - 1;
+  if (tid == 0) {
+    if (kOneFence) __threadfence();
+    s_last = atomicAdd(&L.counters[chunk], 1) == L.splits - 1;
+    if (kOneFence && s_last) __threadfence();
+  }
   __syncthreads();
   if (!s_last) return;
-  __threadfence();
+  if (!kOneFence) __threadfence();
   for (int i = tid; i < kRows; i += 256) {
     const std::int64_t prow = static_cast<std::int64_t>(chunk) * kRows + i;
     L.y[L.row_perm[prow]] = __float2half_rn(__ldcg(L.ws + prow));
@@ -238,16 +253,16 @@ void free_layer(Layer& L) {
     CHECK(cudaFree(const_cast<void*>(p)));
 }
 
-template <int kRung, bool kPdl>
+template <int kRung, bool kPdl, bool kPairs = false, bool kOneFence = false>
 void launch_rung(const Layer& L, std::uint32_t* out, cudaStream_t s) {
   static bool once = [] {
-    CHECK(cudaFuncSetAttribute(ladder_kernel<kRung, kPdl>,
+    CHECK(cudaFuncSetAttribute(ladder_kernel<kRung, kPdl, kPairs, kOneFence>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize, kBlockSmem));
     return true;
   }();
   (void)once;
-  launch(ladder_kernel<kRung, kPdl>, dim3(L.n / kRows, L.splits), dim3(256), kBlockSmem, kPdl, s,
-         L, out);
+  launch(ladder_kernel<kRung, kPdl, kPairs, kOneFence>, dim3(L.n / kRows, L.splits), dim3(256),
+         kBlockSmem, kPdl, s, L, out);
 }
 
 bool all_zero(const void* p, std::size_t bytes) {
@@ -271,7 +286,11 @@ int main() {
                               {"staging", launch_rung<kStaging, false>, false},
                               {"output", launch_rung<kOutput, false>, false},
                               {"memset", launch_rung<kOutput, false>, true},
-                              {"pdl", launch_rung<kOutput, true>, false}};
+                              {"pdl", launch_rung<kOutput, true>, false},
+                              {"words8", launch_rung<kWords, false, true>, false},
+                              {"output8", launch_rung<kOutput, false, true>, false},
+                              {"output1", launch_rung<kOutput, false, false, true>, false},
+                              {"pdl1", launch_rung<kOutput, true, false, true>, false}};
   const std::pair<int, int> shapes[] = {{49152, 12288}, {8192, 28672}, {28672, 8192}, {11008, 4096}};
   std::printf("%-12s %-8s %6s %6s %10s %12s\n", "shape", "rung", "splits", "units", "us",
               "words GB/s");

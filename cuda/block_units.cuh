@@ -31,6 +31,7 @@ struct DecodeParams {
   int m, n, k, gs, units, padded_k;
   int units_per_split, splits;
   std::int64_t qweight_words;       // qweight's length; -1: unknown (pdl.cuh's prefetch skipped)
+  int fence_all;  // the K split's end as before session 15 (set_fence_all: benchmark A/B only)
 };
 
 // Depths and word offsets of the block's n_units units (unit index chunk_unit0 on) into shared
@@ -77,25 +78,45 @@ __device__ __forceinline__ PositionMeta<kStage> load_position_meta(const DecodeP
   return m;
 }
 
+// The block's arrival at its chunk's counter, by one thread after the block's barrier: a release
+// fence (covering the block's partial sums, ordered before it by the barrier), the count of
+// `add` out of `total`, and on the block that completes it an acquire fence (the other blocks'
+// partials, for the whole block through the barrier that follows). True on that block.
+__device__ __forceinline__ bool count_block_done(int* counter, int add, int total) {
+  __threadfence();
+  const bool done = atomicAdd(counter, add) + add == total;
+  if (done) __threadfence();
+  return done;
+}
+
 // After every block of a K split has added its f32 partials to the workspace (permuted row prow,
 // token t at ws[prow * ws_stride + t]): the chunk's last block (the one that brings *counter to
 // splits; it resets it) writes y[t, row_perm[prow]] = partial + bias for its rows_c rows and m
 // tokens, and zeroes the partials it read: a workspace that was zero before the call is zero
 // after it (the one-token calls keep one per layer and skip the memset: ops.cu). Every thread of
 // the block calls this.
+//
+// Only the counting thread fences, after the block's barrier, as the grid barrier of cooperative
+// groups does: the barrier orders every thread's partial-sum atomics before that fence, and its
+// release covers them (the PTX memory model's cumulativity); on the last block the same thread's
+// fence after the count acquires the other blocks' partials for the whole block, through the
+// second barrier. fence_all (DecodeParams, set_fence_all): every thread also fences before the
+// barrier and after the count, as before session 15 (each block's end waited for every thread's
+// atomics), for the benchmark's side-by-side timing (bench_gemm.py --compare-fence; the
+// structure benchmark bench/decode_ladder.cu times both as rungs output and output1).
 template <typename Act>
 __device__ __forceinline__ void write_k_split_rows(int* counter, int splits, int* s_is_last,
                                                    float* ws, int ws_stride, int rows_c,
                                                    int m, std::int64_t perm_row0,
                                                    const std::int32_t* row_perm,
                                                    const __half* bias, Act* y, int n, int tid,
-                                                   int nthreads) {
-  __threadfence();
+                                                   int nthreads, bool fence_all) {
+  if (fence_all) __threadfence();
   __syncthreads();
-  if (tid == 0) *s_is_last = atomicAdd(counter, 1) == splits - 1;
+  if (tid == 0) *s_is_last = count_block_done(counter, 1, splits);
   __syncthreads();
   if (!*s_is_last) return;
-  __threadfence();
+  if (fence_all) __threadfence();
   for (int i = tid; i < rows_c * m; i += nthreads) {
     const int row = i / m, t = i % m;
     const std::int64_t prow = perm_row0 + row;

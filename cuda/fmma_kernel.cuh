@@ -374,7 +374,7 @@ __global__ void __launch_bounds__(512, 2) fmma_kernel(const FmmaParams p) {
   if (p.splits == 1) return;
 
   write_k_split_rows<Act>(p.counters + chunk, p.splits, &s_is_last, p.workspace, m, rows_c, m,
-                          perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads);
+                          perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads, p.fence_all);
 }
 
 }  // namespace radio::cuda

@@ -338,7 +338,7 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
   if (p.splits == 1) return;
 
   write_k_split_rows<Act>(p.counters + chunk, p.splits, &s_is_last, p.workspace, kTokens, rows_c, m,
-                          perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads);
+                          perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads, p.fence_all);
 }
 
 }  // namespace radio::cuda

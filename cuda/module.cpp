@@ -259,9 +259,13 @@ PYBIND11_MODULE(_cuda, m) {
       "The current set_stream_h2 values (min chunk-units, groups).");
   m.def("set_pdl", &radio::cuda::set_pdl, py::arg("on"),
         "Benchmark A/B: launch the gemv, hgemv and stream kernels with programmatic dependent "
-        "launch on sm_90 (default False: not yet measured as built, bench/RESULTS.md session "
-        "14), so that each may start while the kernel before it drains.");
+        "launch on sm_90, so that each may start while the kernel before it drains (default "
+        "True: faster on every measured one-token layer, bench/RESULTS.md session 15).");
   m.def("pdl", &radio::cuda::pdl_enabled, "The current set_pdl value.");
+  m.def("set_fence_all", &radio::cuda::set_fence_all, py::arg("on"),
+        "Benchmark A/B: end the decode kernels' K split as before session 15, every thread "
+        "fencing before the block's count (default False: one fence, by the counting thread).");
+  m.def("fence_all", &radio::cuda::fence_all, "The current set_fence_all value.");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -296,6 +300,7 @@ PYBIND11_MODULE(_cuda, m) {
         d["smem_bytes"] = c.smem_bytes;
         d["workspace_bytes"] = c.workspace_bytes;
         d["pdl"] = c.pdl;
+        d["fence_all"] = c.fence_all;
         return d;
       },
       py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),

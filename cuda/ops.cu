@@ -127,6 +127,7 @@ std::string prepare_call(P& p, std::uintptr_t x, int m, const LayerPtrs& layer, 
   p.m = m;
   p.units_per_split = c.units_per_split;
   p.splits = c.splits;
+  if constexpr (std::is_base_of_v<DecodeParams, P>) p.fence_all = c.fence_all;
   if (c.zeroed_bytes == 0) return {};
   p.workspace = reinterpret_cast<float*>(workspace);
   p.counters = reinterpret_cast<int*>(workspace + c.counters_offset);

@@ -64,9 +64,12 @@ struct QlinearConfig {
   // xt_offset, with room for 4-byte activations; xt_tokens = 0: the kernel reads x itself.
   std::int64_t xt_offset = 0;
   int xt_tokens = 0, xt_groups = 0, xt_group_stride = 0;
-  // sm_90 and set_pdl (off by default): the gemv, hgemv and stream kernels are launched with
+  // sm_90 and set_pdl (on by default): the gemv, hgemv and stream kernels are launched with
   // programmatic dependent launch (pdl.cuh): they may start while the kernel before them drains.
   bool pdl = false;
+  // set_fence_all (benchmark A/B only): the K split's end as before session 15, every thread
+  // fencing (block_units.cuh write_k_split_rows).
+  bool fence_all = false;
 };
 
 struct DequantConfig {
@@ -111,11 +114,14 @@ void set_stream_max_blocks(int blocks);
 // groups x 8 consumer warps (1 or 2). Checked before the hgemv threshold.
 void set_stream_h2(std::int64_t min_chunk_units, int groups);
 std::array<std::int64_t, 2> stream_h2();
-// Programmatic dependent launch of the decode kernels on sm_90 (default off, select_config.cu
+// Programmatic dependent launch of the decode kernels on sm_90 (default on, select_config.cu
 // says why; off: every kernel waits for the one before it to finish before it starts): the
 // benchmark's A/B knob.
 void set_pdl(bool on);
 bool pdl_enabled();
+// The K split's end as before session 15 (QlinearConfig::fence_all): the benchmark's A/B knob.
+void set_fence_all(bool on);
+bool fence_all();
 int device_sm_count();  // -1 when CUDA cannot tell
 
 

@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kQmmaThreads) qmma_kernel(const QmmaParams p) 
 
   write_k_split_rows<Act>(p.counters + static_cast<std::int64_t>(blockIdx.z) * gridDim.x + chunk,
                           p.splits, &s_is_last, ws, kQmmaGroupTokens, rows_c, m, perm_row0,
-                          p.row_perm, p.bias, y, p.n, tid, kQmmaThreads);
+                          p.row_perm, p.bias, y, p.n, tid, kQmmaThreads, p.fence_all);
 }
 
 }  // namespace radio::cuda

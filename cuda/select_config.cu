@@ -132,15 +132,17 @@ int g_stream_max_blocks = 0;  // set_stream_max_blocks(): tests (long ranges on 
 std::int64_t g_stream_h2_min_chunk_units = -1;
 int g_stream_h2_groups = 2;
 // Programmatic dependent launch (pdl.cuh) for the kernels that take it (gemv, hgemv, stream,
-// stream_h2): off by default until measured as built. Why it is there: H100,
-// bench/read_ceiling.cu (RESULTS.md session 14), a plain read of a layer's bytes kernel after
-// kernel in a graph reached 0.94 / 0.91 / 0.66-0.82 of the read bandwidth on the 175B / 70B / 7B
-// sizes, 0.97 / 0.97-0.99 / 0.81-0.96 when each kernel could start while the one before drained.
-// Why it is off: its first version (every block triggering the next launch at its start) was
-// 2-8% faster on 49152x12288, the 70B and the 7B up/down shapes at one token but 27% slower on
-// 4096x4096 (H200, session 14 call 2: waiting blocks of several kernels piled up); the trigger
-// moved after the block's words (gemv, hgemv), and no device time was left to measure that.
-bool g_pdl = false;
+// stream_h2), on sm_90. Why: H100, bench/read_ceiling.cu (RESULTS.md session 14), a plain read of
+// a layer's bytes kernel after kernel in a graph reached 0.94 / 0.91 / 0.66-0.82 of the read
+// bandwidth on the 175B / 70B / 7B sizes, 0.97 / 0.97-0.99 / 0.81-0.96 when each kernel could
+// start while the one before drained. Its first version (every block triggering the next launch
+// at its start) was 27% slower on 4096x4096 (H200, session 14 call 2: waiting blocks of several
+// kernels piled up); with the trigger after the block's words (gemv, hgemv) it was faster on
+// every one-token row of bench_gemm --compare-launch (H100, session 15 call 1, 4 and 3 bpw):
+// 49152x12288 132.7 against 135.0 us, 8192x28672 59.0 against 60.3, 28672x8192 61.9 against
+// 63.4, 11008x4096 22.4 against 23.6, 4096x4096 12.8 against 13.4.
+bool g_pdl = true;
+bool g_fence_all = false;  // set_fence_all: benchmark A/B only
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
@@ -419,11 +421,14 @@ QlinearConfig select_kernel_config(int m, int n, int k, int gs, int sm_count) {
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
   c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
+  c.fence_all = g_fence_all;
   return c;
 }
 
 void set_pdl(bool on) { g_pdl = on; }
 bool pdl_enabled() { return g_pdl; }
+void set_fence_all(bool on) { g_fence_all = on; }
+bool fence_all() { return g_fence_all; }
 
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count) {
   (void)sm_count;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "block_units.cuh"  // count_block_done
 #include "common.cuh"
 #include "stream_layout.cuh"
 #include "tma.cuh"
@@ -38,12 +39,13 @@ __device__ __forceinline__ void stream_complete_chunk(const StreamParams& p, int
                                                       int seg_units, int* s_flag, int tid,
                                                       int consumer_threads) {
   const int m = p.m;
-  __threadfence();
+  // one fence per block, by the counting thread (block_units.cuh's count_block_done says why)
+  if (p.fence_all) __threadfence();
   named_barrier(1, consumer_threads);
-  if (tid == 0) *s_flag = atomicAdd(p.counters + chunk, seg_units) + seg_units == p.units;
+  if (tid == 0) *s_flag = count_block_done(p.counters + chunk, seg_units, p.units);
   named_barrier(1, consumer_threads);
   if (*s_flag) {
-    __threadfence();
+    if (p.fence_all) __threadfence();
     Act* y = static_cast<Act*>(p.y);
     const std::int64_t perm_row0 = static_cast<std::int64_t>(chunk) * kStreamRows;
     for (int i = tid; i < kStreamRows * m; i += consumer_threads) {

@@ -267,8 +267,9 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
     """Calls radio._cuda with raw pointers on the current stream; torch owns every buffer.
 
     One token with the layer's kept ``workspace`` (zero between calls): no memset node before
-    the kernel (with ``_cuda.set_pdl(True)`` it may then also overlap the kernel before it:
-    cuda/pdl.cuh). Otherwise a fresh workspace, zeroed by radio._cuda.
+    the kernel, which on sm_90 may then also overlap the kernel before it (programmatic
+    dependent launch, cuda/pdl.cuh; ``_cuda.set_pdl``). Otherwise a fresh workspace, zeroed by
+    radio._cuda.
     """
     n, k = out_features, in_features
     x2 = x.reshape(-1, k).contiguous()

@@ -3,10 +3,13 @@
 - the layer's kept workspace (ops.prepare's ``workspace``): one-token calls skip the memset and
   must leave it zero, on every kernel a one-token call can take (gemv, hgemv, stream_h2, and the
   older tensor-core kernel for chunks of more than 256 rows, which radio._cuda zeroes after);
-- programmatic dependent launch (cuda/pdl.cuh, sm_90, off by default: _cuda.set_pdl): results
+- programmatic dependent launch (cuda/pdl.cuh, sm_90, on by default: _cuda.set_pdl): results
   equal with it on and off, eagerly and in CUDA graphs of several layers back to back, also
   right after a copy into the layer's own weights (the kernel may only prefetch them before the
-  previous one ends).
+  previous one ends);
+- the K split's end (one fence per block, by the counting thread: block_units.cuh
+  count_block_done): many calls back to back on layers of many blocks per chunk stay exact, and
+  the benchmark's A/B knob set_fence_all (the fences before session 15) stays correct.
 
 Oracle: the float64 weight of test_ops.random_layer, budgets of test_cuda_ops.
 """
@@ -31,10 +34,11 @@ from radio._ext import _cuda  # noqa: E402
 def knobs():
     """Restores every routing and launch knob these tests set."""
     h2, stream_h2, pdl = _cuda.gemv_h2_min_chunk_units(), _cuda.stream_h2(), _cuda.pdl()
-    stream = _cuda.stream_tokens()
+    stream, fence_all = _cuda.stream_tokens(), _cuda.fence_all()
     try:
         yield
     finally:
+        _cuda.set_fence_all(fence_all)
         _cuda.set_gemv_h2_min_chunk_units(h2)
         _cuda.set_stream_h2(*stream_h2)
         _cuda.set_pdl(pdl)
@@ -164,7 +168,7 @@ def test_graph_of_layers_back_to_back(kernel, knobs):
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs sm_90")
     _route(kernel)
-    _cuda.set_pdl(True)  # (off by default)
+    _cuda.set_pdl(True)  # (the default; set so that the test holds if it changes)
     layers = [_layer(1024, 1024, 256, q, seed=30 + i) for i, q in enumerate((0, 1, 0))]
     static_x = torch.zeros(1, 1024, dtype=torch.float16, device="cuda")
 
@@ -205,7 +209,7 @@ def test_weights_written_just_before_the_call(knobs):
     weight load): with PDL the kernel may start before the copies end, so it must not read them
     before its wait (cuda/pdl.cuh); the result is the new layer's."""
     _route("gemv_h2")
-    _cuda.set_pdl(True)  # (off by default)
+    _cuda.set_pdl(True)  # (the default; set so that the test holds if it changes)
     old, _ = _layer(1024, 4000, 256, 0, seed=40, depth=4)  # equal depths: equal tensor sizes
     new, w64_new = _layer(1024, 4000, 256, 0, seed=41, depth=4)
     x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(5)).half().cuda()
@@ -228,3 +232,45 @@ def test_opcheck_with_kept_workspace():
                 layer["row_perm"], layer["col_perm"], layer["bias"], 1000, 1100, 256, 0,
                 layer["unit_offset"], layer["workspace"])
         torch.library.opcheck(torch.ops.radio.qlinear.default, args)
+
+
+@pytest.mark.parametrize("kernel,n,k", [("gemv", 4096, 11008), ("gemv_h2", 8192, 8192),
+                                        ("stream_h2", 4096, 4096)])
+def test_k_split_counts_many_calls(kernel, n, k, knobs):
+    """200 one-token calls back to back on a layer split along K into many blocks per chunk: the
+    chunk's last block must see every other block's partial sums (one fence per block, by the
+    counting thread after the block's barrier: block_units.cuh count_block_done). A partial it
+    missed would be left in the kept workspace and add to the next call, so every call is
+    checked against the first (the order of the f32 atomics may differ: a few ulps) and the
+    workspace must be zero at the end."""
+    if kernel == "stream_h2" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90")
+    _route(kernel)
+    layer, w64 = _layer(n, k, 256, 0, seed=n + 3)
+    assert _one_token_kernel(layer) == kernel
+    cfg = _cuda.config(1, n, k, 256)
+    assert max(cfg["splits"], cfg["h2_splits"]) > 2 or cfg["stream_h2"], cfg
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(7)).half().cuda()
+    first = ops.qlinear(x, **layer)
+    assert rel_err(first, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
+    ys = torch.stack([ops.qlinear(x, **layer) for _ in range(200)]).float()
+    worst = (ys - first.float()).abs().amax(dim=(1, 2))
+    assert worst.max().item() <= 4e-3 * first.float().abs().max().item(), worst.argmax().item()
+    assert int(layer["workspace"].count_nonzero()) == 0
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_h2", "stream_h2"])
+def test_fence_all_agrees(kernel, knobs):
+    """The benchmark's A/B knob set_fence_all (every thread fencing at the K split's end, as
+    before session 15) times a correct kernel: 1 and 16 tokens against the float64 reference."""
+    if kernel == "stream_h2" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream kernel needs sm_90")
+    _route(kernel)
+    _cuda.set_fence_all(True)
+    layer, w64 = _layer(1024, 4096, 256, 0, seed=21)
+    assert _cuda.config(1, 1024, 4096, 256)["fence_all"]
+    for tokens in (1, 16):
+        x = torch.randn(tokens, 4096, generator=torch.Generator().manual_seed(tokens)).half()
+        y = ops.qlinear(x.cuda(), **layer)
+        assert rel_err(y, reference_y(x.cuda(), w64, layer["bias"].cpu())) < BUDGET[torch.float16]
+    assert int(layer["workspace"].count_nonzero()) == 0
