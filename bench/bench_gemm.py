@@ -45,6 +45,7 @@ GS = 256
 L2_BYTES = 50 * 2 ** 20
 DEFAULT_GEMV_WAVES = 6  # cuda/select_config.cu
 DEFAULT_H2_WAVES = 2  # the half2 one-token kernel's, cuda/select_config.cu
+DEFAULT_ONE_TOKEN_WAVES = 1  # gemv's at one token below 16384 chunk-units, the same file
 DEFAULT_GEMV_MAX_TOKENS = 4  # cuda/select_config.cu
 DEFAULT_STREAM_GROUPS = 2  # cuda/select_config.cu
 DEFAULT_STREAM_STAGERS = 2  # stager warps per xs buffer, cuda/select_config.cu
@@ -376,7 +377,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     for waves in gemv_waves:
                         # the knob of the kernel that runs (gemv, or the half2 one)
                         _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES if h2_runs else waves,
-                                             waves if h2_runs else DEFAULT_H2_WAVES)
+                                             waves if h2_runs else DEFAULT_H2_WAVES,
+                                             DEFAULT_ONE_TOKEN_WAVES if h2_runs else waves)
                         cfg = _cuda.config(1, n, k, GS)
                         name = path_name(cfg)
                         splits, units = ((cfg["h2_splits"], cfg["h2_units_per_split"])
@@ -392,7 +394,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                 _cuda.set_fmma_tokens(*default_fmma)
                 _cuda.set_gemv_h2_min_chunk_units(default_h2)
                 _cuda.set_stream_h2(*default_stream_h2)
-                _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES, DEFAULT_H2_WAVES)
+                _cuda.set_gemv_waves(DEFAULT_GEMV_WAVES, DEFAULT_H2_WAVES,
+                                     DEFAULT_ONE_TOKEN_WAVES)
             del layers, first
         del w16
         torch.cuda.empty_cache()

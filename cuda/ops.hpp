@@ -84,9 +84,10 @@ struct DequantConfig {
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count);
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count);
 bool use_dequant_gemm(int m, int n, int k);
-// Waves of blocks the gemv K split aims at (default 6), and the half2 kernel's (default 2): a
-// knob for bench/bench_gemm.py's sweep, not an API; select_config.cu documents the choice.
-void set_gemv_waves(int waves, int h2_waves);
+// Waves of blocks the gemv K split aims at (default 6), the half2 kernel's (default 2), and
+// gemv's at one token on layers below kGemvOneWaveMaxChunkUnits (default 1): a knob for
+// bench/bench_gemm.py's sweep, not an API; select_config.cu documents the choice.
+void set_gemv_waves(int waves, int h2_waves, int one_token_waves);
 // Largest token count the gemv path takes (default 4, at most kGemvMaxTokens; above it qmma):
 // the other knob of the benchmark's sweep.
 void set_gemv_max_tokens(int tokens);

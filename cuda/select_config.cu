@@ -7,7 +7,8 @@
 // (gemv_kernel.cuh):
 // - tokens rounded up to 1, 2, 4 or 8 (template parameter);
 // - one block per chunk and K split, one thread per two rows (128 threads for 256 rows);
-// - K split: about g_gemv_waves (6) waves of blocks at 8 resident blocks of 128 threads per SM, at least
+// - K split: about g_gemv_waves (6) waves of blocks at 8 resident blocks of 128 threads per SM
+//   (g_gemv_one_token_waves (1) at one token on layers below kGemvOneWaveMaxChunkUnits), at least
 //   kGemvMinUnits units per block (staging and the last-block write are per block; fewer, down
 //   to one, when the layer would not give every SM a block) and at most what keeps xs (tokens x
 //   positions x 4 bytes) within kGemvXsBytes.
@@ -90,6 +91,15 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // (RESULTS.md session 12), 2 waves were best or within 3% of best on the 70B shapes and
 // 49152x12288 (e.g. 8192x28672 at 4 bpw: 60.5 us at 2 waves, 72.5 at 1, 81.7 at 6).
 int g_h2_waves = 2;
+// gemv at one token on layers of fewer chunk-units than this (f16 takes hgemv from 16384 up,
+// bf16 and f32 keep gemv): about one wave. H100, bench_gemm --gemv-waves 1 2 3, the same layers
+// side by side (RESULTS.md session 15 call 2): 11008x4096 at 4 bpw 20.8 us at 1 wave (22 splits
+// of 6 units) against 22.2 at 2-6 (32 of 4), 4096x11008 20.2 against 21.7; session 12's calls 4
+// and 5 found the same on 5504..8640 chunk-units (4096x14336: 24.9 against 26.6). Larger layers
+// keep g_gemv_waves: 49152x12288 was 8% slower at 1 wave there. Small layers are unchanged
+// (their split is set by kGemvMinUnits and the one-block-per-SM rule either way).
+constexpr std::int64_t kGemvOneWaveMaxChunkUnits = 16384;
+int g_gemv_one_token_waves = 1;
 // Up to 4 tokens the gemv path is faster, at 8 the qmma path (H100, bench_gemm --compare-small,
 // 4096x4096 and 49152x12288 at 3 and 4 bpw: 4 tokens 342 vs 386 us, 8 tokens 617 vs 437 us on
 // the larger shape; bench/KERNELS.md).
@@ -200,7 +210,10 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   const int units = ceil_div(k, 32);
   const int chunks = ceil_div(n, gs);
   const int resident = sm_count * std::max(1, 1024 / c.threads);
-  const int want_splits = std::max(1, ceil_div(g_gemv_waves * resident, chunks));
+  const bool one_token_mid = c.gemv_tokens == 1 && static_cast<std::int64_t>(chunks) * units <
+                                                       kGemvOneWaveMaxChunkUnits;
+  const int waves = one_token_mid ? g_gemv_one_token_waves : g_gemv_waves;
+  const int want_splits = std::max(1, ceil_div(waves * resident, chunks));
   const int max_units = std::max(1, kGemvXsBytes / (c.gemv_tokens * 32 * 4));
   // A layer too small to give every SM a block at kGemvMinUnits units per block (SmolLM2's 576-
   // and 1536-wide layers) splits finer, down to one unit, for about one block per SM: its time
@@ -359,9 +372,10 @@ void set_stream_h2(std::int64_t min_chunk_units, int groups) {
   g_stream_h2_groups = groups;
 }
 std::array<std::int64_t, 2> stream_h2() { return {g_stream_h2_min_chunk_units, g_stream_h2_groups}; }
-void set_gemv_waves(int waves, int h2_waves) {
+void set_gemv_waves(int waves, int h2_waves, int one_token_waves) {
   g_gemv_waves = waves;
   g_h2_waves = h2_waves;
+  g_gemv_one_token_waves = one_token_waves;
 }
 void set_gemv_max_tokens(int tokens) { g_gemv_max_tokens = tokens; }
 void set_gemv_h2_min_chunk_units(std::int64_t min_chunk_units) {

@@ -274,3 +274,26 @@ def test_fence_all_agrees(kernel, knobs):
         y = ops.qlinear(x.cuda(), **layer)
         assert rel_err(y, reference_y(x.cuda(), w64, layer["bias"].cpu())) < BUDGET[torch.float16]
     assert int(layer["workspace"].count_nonzero()) == 0
+
+
+def test_one_token_waves_rule():
+    """gemv at one token aims at about one wave on layers below 16384 chunk-units
+    (select_config.cu g_gemv_one_token_waves), six at more tokens and on larger layers; the
+    sweep's knob checks its third argument."""
+    with pytest.raises(ValueError, match="one-token waves must be in 1..64, got 0"):
+        _cuda.set_gemv_waves(6, 2, 0)
+    mid = _cuda.config(1, 11008, 4096, 256)  # 43 chunks x 128 units
+    two = _cuda.config(2, 11008, 4096, 256)
+    big = _cuda.config(1, 49152, 12288, 256)  # 192 x 384: above the rule's limit
+    assert mid["kernel"] == "gemv" and two["kernel"] == "gemv"
+    try:
+        _cuda.set_gemv_waves(6, 2, 6)  # the one-token rule as before session 15
+        old_mid, old_two = _cuda.config(1, 11008, 4096, 256), _cuda.config(2, 11008, 4096, 256)
+        old_big = _cuda.config(1, 49152, 12288, 256)
+    finally:
+        _cuda.set_gemv_waves(6, 2, 1)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert mid["splits"] < old_mid["splits"], (mid, old_mid)
+    assert mid["splits"] * 43 <= 2 * sms * 8, mid  # about one wave of 8 blocks per SM
+    assert two["splits"] == old_two["splits"]  # more tokens: unchanged
+    assert big["splits"] == old_big["splits"]  # larger layers: unchanged
