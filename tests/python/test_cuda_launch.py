@@ -133,17 +133,24 @@ def test_decode_workspace_bytes_covers_every_one_token_config(knobs):
             assert need <= ops.decode_workspace_bytes(n, gs), (kernel, n, k, gs, need)
 
 
+def _one_and_sixteen_token_layer(kernel: str, quantizer: int, seed: int):
+    """A 1024x4096 layer whose one-token f16 calls run on `kernel` and whose 16-token calls run on
+    the stream kernel (its layer threshold lowered; sm_90)."""
+    _route(kernel)
+    _cuda.set_stream_tokens(4, 16, 0)
+    layer, w64 = _layer(1024, 4096, 256, quantizer, seed=seed)
+    assert _cuda.config(16, 1024, 4096, 256)["kernel"] == "stream"
+    assert _one_token_kernel(layer) == kernel
+    return layer, w64
+
+
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_h2", "stream_h2"])
 def test_pdl_on_and_off_agree(kernel, knobs):
     """The same calls with programmatic dependent launch on and off (1 token on `kernel`, 16 on the
     stream kernel, its layer threshold lowered), against the float64 reference."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs sm_90")
-    _route(kernel)
-    _cuda.set_stream_tokens(4, 16, 0)
-    layer, w64 = _layer(1024, 4096, 256, 1, seed=11)
-    assert _cuda.config(16, 1024, 4096, 256)["kernel"] == "stream"
-    assert _one_token_kernel(layer) == kernel
+    layer, w64 = _one_and_sixteen_token_layer(kernel, quantizer=1, seed=11)
     ref_bias = layer["bias"].cpu()
     for tokens in (1, 16):
         x = torch.randn(tokens, 4096, generator=torch.Generator().manual_seed(tokens)).half()
@@ -262,17 +269,18 @@ def test_k_split_counts_many_calls(kernel, n, k, knobs):
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_h2", "stream_h2"])
 def test_fence_all_agrees(kernel, knobs):
     """The benchmark's A/B knob set_fence_all (every thread fencing at the K split's end, as
-    before session 15) times a correct kernel: 1 and 16 tokens against the float64 reference."""
-    if kernel == "stream_h2" and torch.cuda.get_device_capability()[0] < 9:
+    before session 15) times a correct kernel: 1 token on `kernel` and 16 on the stream kernel
+    against the float64 reference."""
+    if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the stream kernel needs sm_90")
-    _route(kernel)
+    layer, w64 = _one_and_sixteen_token_layer(kernel, quantizer=0, seed=21)
     _cuda.set_fence_all(True)
-    layer, w64 = _layer(1024, 4096, 256, 0, seed=21)
     assert _cuda.config(1, 1024, 4096, 256)["fence_all"]
     for tokens in (1, 16):
         x = torch.randn(tokens, 4096, generator=torch.Generator().manual_seed(tokens)).half()
-        y = ops.qlinear(x.cuda(), **layer)
-        assert rel_err(y, reference_y(x.cuda(), w64, layer["bias"].cpu())) < BUDGET[torch.float16]
+        x = x.cuda()
+        y = ops.qlinear(x, **layer)
+        assert rel_err(y, reference_y(x, w64, layer["bias"].cpu())) < BUDGET[torch.float16]
     assert int(layer["workspace"].count_nonzero()) == 0
 
 
