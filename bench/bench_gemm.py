@@ -44,7 +44,7 @@ PREFILL_RATE = 4.0
 GS = 256
 L2_BYTES = 50 * 2 ** 20
 DEFAULT_GEMV_WAVES = 6  # cuda/select_config.cu
-DEFAULT_H2_WAVES = 2  # the half2 one-token kernel's, cuda/select_config.cu
+DEFAULT_H2_WAVES = 0  # the half2 one-token kernel's rule (2 or 4 waves), cuda/select_config.cu
 DEFAULT_ONE_TOKEN_WAVES = 1  # gemv's at one token below 16384 chunk-units, the same file
 DEFAULT_GEMV_MAX_TOKENS = 4  # cuda/select_config.cu
 DEFAULT_STREAM_GROUPS = 2  # cuda/select_config.cu
@@ -78,8 +78,19 @@ def one_token_knobs(path: str) -> tuple:
     return (-1, 2), (0 if path == "gemv_h2" else -1)
 
 
-def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> torch.Tensor:
-    """uint8 [C, U] depths (spread around the mean, sum exact) so the layer is `bpw` all-in."""
+DEPTH_ORDERS = ("random", "sorted")
+
+
+def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator,
+                  order: str = "random") -> torch.Tensor:
+    """uint8 [C, U] depths (spread around the mean, sum exact) so the layer is `bpw` all-in.
+
+    order "random": the units' depths in random order within a chunk; "sorted": deepest first
+    in every chunk, as radio.quantize writes layers (grouping.column_order sorts a chunk's columns
+    by score and the allocation gives higher scores more bits), so a K split of equal unit counts
+    gets its chunk's deepest units in its first split."""
+    if order not in DEPTH_ORDERS:
+        raise ValueError(f"depth order {order!r} is not one of {DEPTH_ORDERS}")
     geo = LayerGeometry(n, k, gs)
     c, u = geo.chunks, geo.units
     index_bits = bpw * n * k - 8 * geo.side_bytes(False)
@@ -98,16 +109,20 @@ def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator) -> 
         movable = ((d < 8) if step > 0 else (d > 0)).nonzero().flatten()
         pick = movable[torch.randperm(movable.numel(), generator=gen)[:abs(diff)]]
         d[pick] += step
-    return d.view(c, u).to(torch.uint8)
+    d = d.view(c, u)
+    if order == "sorted":
+        d = torch.sort(d, dim=1, descending=True).values
+    return d.to(torch.uint8)
 
 
 def make_layer(n: int, k: int, bpw: float, seed: int, quantizer: int = 0,
-               device: str = "cuda") -> dict:
-    """A random packed layer at `bpw` (any bit pattern of qweight is a valid set of indices)."""
+               device: str = "cuda", depth_order: str = "random") -> dict:
+    """A random packed layer at `bpw` (any bit pattern of qweight is a valid set of indices);
+    `depth_order` as choose_depths'."""
     gen = torch.Generator().manual_seed(seed)
     geo = LayerGeometry(n, k, GS)
     c, u, kp = geo.chunks, geo.units, geo.padded_in
-    depth = choose_depths(n, k, GS, bpw, gen).to(device)
+    depth = choose_depths(n, k, GS, bpw, gen, depth_order).to(device)
     words = geo.qweight_words(depth.cpu().numpy())
     dgen = torch.Generator(device=device).manual_seed(seed)
     qweight = torch.randint(-2 ** 31, 2 ** 31, (words,), dtype=torch.int64, device=device,
@@ -201,7 +216,8 @@ def copies_for(bytes_per_copy: int) -> int:
 def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
         stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False,
-        h2_groups=(), compare_launch: bool = False, compare_fence: bool = False) -> None:
+        h2_groups=(), compare_launch: bool = False, compare_fence: bool = False,
+        depth_orders=("random",)) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
     default_stream_h2 = _cuda.stream_h2()  # ... or on the stream kernel's half2 consumers
@@ -214,10 +230,12 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
                for _ in range(copies_for(2 * n * k))]
         checked = False
-        for bpw in rates:
+        for bpw, order in [(b, o) for b in rates for o in depth_orders]:
             ntok = list(tokens_list) + ([PREFILL_TOKENS] if prefill and bpw == PREFILL_RATE else [])
-            first = make_layer(n, k, bpw, seed=n + k)
-            layers = [first] + [make_layer(n, k, bpw, seed=n + k + i)
+            # rows of a depth order other than random say it after their path (@sorted)
+            tag = "" if order == "random" else f"@{order}"
+            first = make_layer(n, k, bpw, seed=n + k, depth_order=order)
+            layers = [first] + [make_layer(n, k, bpw, seed=n + k + i, depth_order=order)
                                 for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
             if not checked:
                 for t in sorted({1, 16, *[x for x in tokens_list if x <= 64]}):
@@ -351,7 +369,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     read = kernel_read_bytes(first, tokens)
                     for label, trad in timed:
                         row = dict(n=n, k=k, bpw=round(stored_bpw(first), 4), target_bpw=bpw,
-                                   tokens=tokens, path=label, f16_us=round(t16, 2),
+                                   depth_order=order, tokens=tokens, path=label,
+                                   f16_us=round(t16, 2),
                                    radio_us=round(trad, 2), speedup=round(t16 / trad, 3),
                                    radio_bw_frac=round(read / (trad * 1e-6) / bw, 3),
                                    f16_bw_frac=round((2 * n * k + 2 * tokens * k)
@@ -359,7 +378,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                         out_rows.append(row)
                         print(f"{n:>6}x{k:<6} {row['bpw']:>6.3f} {tokens:>5} {t16:>10.2f} "
                               f"{trad:>10.2f} {row['speedup']:>8.2f}x "
-                              f"{row['radio_bw_frac']:>7.2f} {row['f16_bw_frac']:>7.2f} {label}",
+                              f"{row['radio_bw_frac']:>7.2f} {row['f16_bw_frac']:>7.2f} "
+                              f"{label}{tag}",
                               flush=True)
             if gemv_waves and bpw == PREFILL_RATE:
                 # the decode path's K-split sweep (1 token): waves of blocks per launch
@@ -385,10 +405,10 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                          if name == "gemv_h2" else
                                          (cfg["splits"], cfg["units_per_split"]))
                         trad = time_graph(radio_calls)
-                        print(f"  {name} sweep {n}x{k}: waves {waves:>2} splits "
+                        print(f"  {name}{tag} sweep {n}x{k}: waves {waves:>2} splits "
                               f"{splits:>3} units/block {units:>3}: "
                               f"{trad:8.2f} us", flush=True)
-                        out_rows.append(dict(n=n, k=k, target_bpw=bpw, tokens=1,
+                        out_rows.append(dict(n=n, k=k, target_bpw=bpw, depth_order=order, tokens=1,
                                              path=f"{name}-sweep", waves=waves,
                                              splits=splits, radio_us=trad))
                 _cuda.set_fmma_tokens(*default_fmma)
@@ -448,6 +468,10 @@ def main() -> None:
                          "as before session 15, every thread fencing (/fenceall: set_fence_all)")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
+    ap.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,
+                    help="order of the units' depths within a chunk: random, or sorted deepest "
+                         "first as radio.quantize writes layers (rows tagged @sorted); each "
+                         "order gets its own layers")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -466,7 +490,7 @@ def main() -> None:
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
         args.stream_blocks, args.compare_h2, args.h2_groups, args.compare_launch,
-        args.compare_fence)
+        args.compare_fence, args.depth_orders)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

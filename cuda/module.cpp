@@ -144,15 +144,17 @@ PYBIND11_MODULE(_cuda, m) {
       "set_gemv_waves",
       [](int waves, int h2_waves, int one_token_waves) {
         RADIO_CHECK(waves >= 1 && waves <= 64, "waves must be in 1..64, got ", waves);
-        RADIO_CHECK(h2_waves >= 1 && h2_waves <= 64, "h2 waves must be in 1..64, got ", h2_waves);
+        RADIO_CHECK(h2_waves >= 0 && h2_waves <= 64,
+                    "h2 waves must be in 0..64 (0: the default rule), got ", h2_waves);
         RADIO_CHECK(one_token_waves >= 1 && one_token_waves <= 64,
                     "one-token waves must be in 1..64, got ", one_token_waves);
         radio::cuda::set_gemv_waves(waves, h2_waves, one_token_waves);
       },
-      py::arg("waves"), py::arg("h2_waves") = 2, py::arg("one_token_waves") = 1,
+      py::arg("waves"), py::arg("h2_waves") = 0, py::arg("one_token_waves") = 1,
       "Benchmark tuning: waves of blocks the decode path's K split aims at (gemv, fmma and qmma; "
-      "the half2 one-token kernel: h2_waves; gemv at one token on layers below 16384 "
-      "chunk-units: one_token_waves; both reset to their defaults, 2 and 1, when not given).");
+      "the half2 one-token kernel: h2_waves, 0 for its default rule of 2 waves, 4 on the "
+      "largest layers; gemv at one token on layers below 16384 chunk-units: one_token_waves; "
+      "both reset to their defaults, 0 and 1, when not given).");
   m.def(
       "set_gemv_h2_min_chunk_units",
       [](std::int64_t min_chunk_units) {

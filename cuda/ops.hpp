@@ -84,7 +84,8 @@ struct DequantConfig {
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count);
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count);
 bool use_dequant_gemm(int m, int n, int k);
-// Waves of blocks the gemv K split aims at (default 6), the half2 kernel's (default 2), and
+// Waves of blocks the gemv K split aims at (default 6), the half2 kernel's (default 0: 2, or 4
+// where 4 waves leave every block at least 32 units; select_config.cu hgemv_waves), and
 // gemv's at one token on layers below kGemvOneWaveMaxChunkUnits (default 1): a knob for
 // bench/bench_gemm.py's sweep, not an API; select_config.cu documents the choice.
 void set_gemv_waves(int waves, int h2_waves, int one_token_waves);

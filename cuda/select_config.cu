@@ -18,9 +18,9 @@
 //   takes for f16 activations in place of the half2 kernel below;
 // - one token on layers of at least g_gemv_h2_min_chunk_units chunks x units: the same config
 //   also carries the half2 kernel's launch (hgemv_kernel.cuh; h2_* fields: two gemv blocks'
-//   threads, about g_h2_waves (2) waves at kHgemvBlocksPerSm blocks per SM, at most
-//   kHgemvMaxUnits units per block), which ops.cu takes for f16 activations (the config does
-//   not know the dtype; bf16 and f32 run gemv). The workspace serves either.
+//   threads, about 2 waves (4 on the largest layers: hgemv_waves) at kHgemvBlocksPerSm blocks
+//   per SM, at most kHgemvMaxUnits units per block), which ops.cu takes for f16 activations
+//   (the config does not know the dtype; bf16 and f32 run gemv). The workspace serves either.
 // qlinear, 1..16 tokens (set_stream_tokens; checked first; default: see g_stream_min_tokens) on
 // sm_90 with 256-row chunks and N a multiple of 256: the persistent streaming kernel
 // (stream_kernel.cuh): one block per SM (grid = SMs, or fewer for layers of fewer units), each
@@ -90,7 +90,20 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // stages its x before its first word): H100, bench_gemm --compare-h2 --gemv-waves 1 2 3 4 6
 // (RESULTS.md session 12), 2 waves were best or within 3% of best on the 70B shapes and
 // 49152x12288 (e.g. 8192x28672 at 4 bpw: 60.5 us at 2 waves, 72.5 at 1, 81.7 at 6).
-int g_h2_waves = 2;
+// Where 4 waves still leave a block at least kHgemvLongMinUnits units, 4 (hgemv_waves):
+// H100, bench_gemm --gemv-waves 2 3 4 5 6 8 at 4 bpw, side by side (RESULTS.md session 16 call
+// 4): 49152x12288 129.8 us at 4 waves (11 splits of 35 units: 2112 blocks, exactly 4 waves of
+// 4 blocks on 132 SMs) against 138.0 at 2 (6 of 64), 133.7 at 3, 131.5 at 5, 136.2 at 6; with
+// depths in radio.quantize's order 130.2 against 136.4. The 70B shapes, whose blocks would get
+// 14 units at 4 waves, were 10-11% slower there (8192x28672 69.3 against 59.9, 28672x8192 68.7
+// against 62.7) and keep 2. g_h2_waves 0: this rule; 1..64: that many waves (set_gemv_waves).
+constexpr int kHgemvShortWaves = 2, kHgemvLongWaves = 4, kHgemvLongMinUnits = 32;
+int g_h2_waves = 0;
+int hgemv_waves(int chunks, int units, int sm_count) {
+  if (g_h2_waves > 0) return g_h2_waves;
+  const int long_splits = ceil_div(kHgemvLongWaves * sm_count * kHgemvBlocksPerSm, chunks);
+  return ceil_div(units, long_splits) >= kHgemvLongMinUnits ? kHgemvLongWaves : kHgemvShortWaves;
+}
 // gemv at one token on layers of fewer chunk-units than this (f16 takes hgemv from 16384 up,
 // bf16 and f32 keep gemv): about one wave. H100, bench_gemm --gemv-waves 1 2 3, the same layers
 // side by side (RESULTS.md session 15 call 2): 11008x4096 at 4 bpw 20.8 us at 1 wave (22 splits
@@ -236,9 +249,11 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   if (c.gemv_tokens == 1 && g_gemv_h2_min_chunk_units >= 0 && h2_rows &&
       static_cast<std::int64_t>(chunks) * units >= g_gemv_h2_min_chunk_units) {
     // The half2 kernel for f16 activations: the same rule at kHgemvBlocksPerSm blocks of two
-    // gemv blocks' threads per SM (its 45.5 KB of tables) and g_h2_waves waves, at most
+    // gemv blocks' threads per SM (its 45.5 KB of tables) and hgemv_waves waves, at most
     // kHgemvMaxUnits units per block.
-    const int h2_want = std::max(1, ceil_div(g_h2_waves * sm_count * kHgemvBlocksPerSm, chunks));
+    const int h2_want =
+        std::max(1, ceil_div(hgemv_waves(chunks, units, sm_count) * sm_count * kHgemvBlocksPerSm,
+                             chunks));
     const int h2_units = std::clamp(ceil_div(units, h2_want), std::min(min_units, units),
                                     kHgemvMaxUnits);
     if (kHgemvStaticSmemBytes + hgemv_smem_bytes(h2_units) <= device_smem_per_block_optin()) {

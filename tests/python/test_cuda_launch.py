@@ -284,22 +284,46 @@ def test_fence_all_agrees(kernel, knobs):
     assert int(layer["workspace"].count_nonzero()) == 0
 
 
+def test_hgemv_waves_rule():
+    """The half2 one-token kernel aims at 4 waves where 4 waves still leave every block at least
+    32 units (49152x12288: 192 chunks x 384 units; 2112 blocks of 35 units on 132 SMs), at 2
+    elsewhere (8192x28672, 28672x8192: 14 units at 4 waves) (select_config.cu hgemv_waves);
+    set_gemv_waves' second argument fixes the waves."""
+    shapes = ((49152, 12288), (8192, 28672), (28672, 8192))
+    fields = ("gemv_h2", "h2_splits", "h2_units_per_split")
+    default = [_cuda.config(1, n, k, 256) for n, k in shapes]
+    try:
+        _cuda.set_gemv_waves(6, 2, 1)
+        two = [_cuda.config(1, n, k, 256) for n, k in shapes]
+        _cuda.set_gemv_waves(6, 4, 1)
+        four = [_cuda.config(1, n, k, 256) for n, k in shapes]
+    finally:
+        _cuda.set_gemv_waves(6, 0, 1)
+    for cfg, cfg2, cfg4 in zip(default, two, four):
+        assert cfg["gemv_h2"] and cfg2["gemv_h2"] and cfg4["gemv_h2"]
+        want = cfg4 if cfg4["h2_units_per_split"] >= 32 else cfg2
+        assert [cfg[f] for f in fields] == [want[f] for f in fields], (cfg, cfg2, cfg4)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if sms == 132:  # an H100 or H200 SXM: the splits the session 16 sweep timed
+        assert [c["h2_splits"] for c in default] == [11, 32, 10], default
+
+
 def test_one_token_waves_rule():
     """gemv at one token aims at about one wave on layers below 16384 chunk-units
     (select_config.cu g_gemv_one_token_waves), six at more tokens and on larger layers; the
     sweep's knob checks its third argument."""
     with pytest.raises(ValueError, match="one-token waves must be in 1..64, got 0"):
-        _cuda.set_gemv_waves(6, 2, 0)
+        _cuda.set_gemv_waves(6, 0, 0)
     mid = _cuda.config(1, 11008, 4096, 256)  # 43 chunks x 128 units
     two = _cuda.config(2, 11008, 4096, 256)
     big = _cuda.config(1, 49152, 12288, 256)  # 192 x 384: above the rule's limit
     assert mid["kernel"] == "gemv" and two["kernel"] == "gemv"
     try:
-        _cuda.set_gemv_waves(6, 2, 6)  # the one-token rule as before session 15
+        _cuda.set_gemv_waves(6, 0, 6)  # the one-token rule as before session 15
         old_mid, old_two = _cuda.config(1, 11008, 4096, 256), _cuda.config(2, 11008, 4096, 256)
         old_big = _cuda.config(1, 49152, 12288, 256)
     finally:
-        _cuda.set_gemv_waves(6, 2, 1)
+        _cuda.set_gemv_waves(6, 0, 1)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert mid["splits"] < old_mid["splits"], (mid, old_mid)
     assert mid["splits"] * 43 <= 2 * sms * 8, mid  # about one wave of 8 blocks per SM

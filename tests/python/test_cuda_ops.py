@@ -430,8 +430,9 @@ def test_hgemv_knob_and_default():
     kernel's half2 consumers do not take them (switched off here)."""
     with pytest.raises(ValueError, match="gemv h2 min chunk-units must be >= -1"):
         _cuda.set_gemv_h2_min_chunk_units(-2)
-    with pytest.raises(ValueError, match="h2 waves must be in 1..64, got 0"):
-        _cuda.set_gemv_waves(6, 0)
+    with pytest.raises(ValueError, match=r"h2 waves must be in 0..64 \(0: the default rule\), "
+                                         "got -1"):
+        _cuda.set_gemv_waves(6, -1)
     assert _cuda.gemv_h2_min_chunk_units() == 16384
     before_stream = _cuda.stream_h2()
     _cuda.set_stream_h2(-1)
