@@ -99,9 +99,13 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // against 62.7) and keep 2. g_h2_waves 0: this rule; 1..64: that many waves (set_gemv_waves).
 constexpr int kHgemvShortWaves = 2, kHgemvLongWaves = 4, kHgemvLongMinUnits = 32;
 int g_h2_waves = 0;
+// Splits per chunk for about `waves` waves of the half2 kernel's blocks.
+int hgemv_want_splits(int waves, int chunks, int sm_count) {
+  return std::max(1, ceil_div(waves * sm_count * kHgemvBlocksPerSm, chunks));
+}
 int hgemv_waves(int chunks, int units, int sm_count) {
   if (g_h2_waves > 0) return g_h2_waves;
-  const int long_splits = ceil_div(kHgemvLongWaves * sm_count * kHgemvBlocksPerSm, chunks);
+  const int long_splits = hgemv_want_splits(kHgemvLongWaves, chunks, sm_count);
   return ceil_div(units, long_splits) >= kHgemvLongMinUnits ? kHgemvLongWaves : kHgemvShortWaves;
 }
 // gemv at one token on layers of fewer chunk-units than this (f16 takes hgemv from 16384 up,
@@ -252,8 +256,7 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
     // gemv blocks' threads per SM (its 45.5 KB of tables) and hgemv_waves waves, at most
     // kHgemvMaxUnits units per block.
     const int h2_want =
-        std::max(1, ceil_div(hgemv_waves(chunks, units, sm_count) * sm_count * kHgemvBlocksPerSm,
-                             chunks));
+        hgemv_want_splits(hgemv_waves(chunks, units, sm_count), chunks, sm_count);
     const int h2_units = std::clamp(ceil_div(units, h2_want), std::min(min_units, units),
                                     kHgemvMaxUnits);
     if (kHgemvStaticSmemBytes + hgemv_smem_bytes(h2_units) <= device_smem_per_block_optin()) {
