@@ -95,7 +95,7 @@ int g_gemv_waves = 6;  // set_gemv_waves(): benchmark tuning only
 // 4): 49152x12288 129.8 us at 4 waves (11 splits of 35 units: 2112 blocks, exactly 4 waves of
 // 4 blocks on 132 SMs) against 138.0 at 2 (6 of 64), 133.7 at 3, 131.5 at 5, 136.2 at 6; with
 // depths in radio.quantize's order 130.2 against 136.4. The 70B shapes, whose blocks would get
-// 14 units at 4 waves, were 10-11% slower there (8192x28672 69.3 against 59.9, 28672x8192 68.7
+// 14 units at 4 waves, were 10-16% slower there (8192x28672 69.3 against 59.9, 28672x8192 68.7
 // against 62.7) and keep 2. g_h2_waves 0: this rule; 1..64: that many waves (set_gemv_waves).
 constexpr int kHgemvShortWaves = 2, kHgemvLongWaves = 4, kHgemvLongMinUnits = 32;
 int g_h2_waves = 0;
