@@ -150,7 +150,8 @@ def stored_bpw(layer: dict) -> float:
 
 
 def kernel_read_bytes(layer: dict, tokens: int) -> int:
-    """Bytes of every tensor the kernel reads, as passed (int32 permutations and offsets)."""
+    """Bytes of every tensor the kernel reads, as passed (int32 permutations and offsets; not the
+    work quantiles, 4 KB of which a stream block reads two to four entries)."""
     names = ("qweight", "scale", "loc", "depth", "row_perm", "col_perm", "unit_offset")
     b = sum(layer[nm].numel() * layer[nm].element_size() for nm in names)
     return b + tokens * layer["in_features"] * 2
@@ -217,7 +218,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         gemv_waves=(), compare_small: bool = False, compare_fmma: bool = False,
         stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False,
         h2_groups=(), compare_launch: bool = False, compare_fence: bool = False,
-        depth_orders=("random",)) -> None:
+        depth_orders=("random",), compare_quantiles: bool = False,
+        unit_weights=()) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
     default_stream_h2 = _cuda.stream_h2()  # ... or on the stream kernel's half2 consumers
@@ -332,28 +334,47 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     # the row is labelled with the kernel that runs, or not timed
                     runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
                     # (programmatic dependent launch, kept workspace, every thread fencing at
-                    # the K split's end): the default launch first, then with --compare-launch
-                    # the other three launches and with --compare-fence the fences before
-                    # session 15, labelled by what differs
-                    modes = [(default_pdl, True, False)]
+                    # the K split's end, the stream kernel's ranges at the layer's work
+                    # quantiles): the default launch first, then with --compare-launch the other
+                    # three launches, with --compare-fence the fences before session 15 and with
+                    # --compare-quantiles the stream ranges at equal unit counts, labelled by
+                    # what differs
+                    modes = [(default_pdl, True, False, True)]
                     if compare_launch and tokens <= 16:
-                        modes += [(default_pdl, False, False), (not default_pdl, True, False),
-                                  (not default_pdl, False, False)]
+                        modes += [(default_pdl, False, False, True),
+                                  (not default_pdl, True, False, True),
+                                  (not default_pdl, False, False, True)]
                     if compare_fence and tokens <= 64:
-                        modes += [(default_pdl, True, True)]
+                        modes += [(default_pdl, True, True, True)]
+                    if compare_quantiles and kernel in ("stream", "stream_h2"):
+                        modes += [(default_pdl, True, False, False)]
                     timed = []
                     if runs == kernel:
-                        for pdl, kept, fence_all in modes:
+                        for pdl, kept, fence_all, quantiles in modes:
                             _cuda.set_pdl(pdl)
                             _cuda.set_fence_all(fence_all)
+                            _cuda.set_stream_quantiles(quantiles)
                             label = "+".join(([] if pdl == default_pdl else
                                               ["pdl" if pdl else "nopdl"])
                                              + ([] if kept else ["memset"])
-                                             + (["fenceall"] if fence_all else []))
+                                             + (["fenceall"] if fence_all else [])
+                                             + ([] if quantiles else ["equal"]))
                             timed.append((path + (f"/{label}" if label else ""),
                                           time_graph(radio_calls if kept else fresh_calls)))
                         _cuda.set_pdl(default_pdl)
                         _cuda.set_fence_all(False)
+                        _cuda.set_stream_quantiles(True)
+                        if kernel in ("stream", "stream_h2"):
+                            # --unit-weights: the layers' tables rebuilt at other unit weights
+                            # (ops.work_quantiles), the default launch otherwise
+                            own = [L["work_quantiles"] for L in layers]
+                            for w in unit_weights:
+                                for L in layers:
+                                    L["work_quantiles"] = ops.work_quantiles(L["depth"],
+                                                                             unit_weight=w)
+                                timed.append((f"{path}/uw{w}", time_graph(radio_calls)))
+                            for L, q in zip(layers, own):
+                                L["work_quantiles"] = q
                     ops.PREFILL_PATH = "dequant"
                     _cuda.set_gemv_h2_min_chunk_units(default_h2)
                     _cuda.set_stream_h2(*default_stream_h2)
@@ -381,8 +402,9 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                               f"{row['radio_bw_frac']:>7.2f} {row['f16_bw_frac']:>7.2f} "
                               f"{label}{tag}",
                               flush=True)
-            if gemv_waves and bpw == PREFILL_RATE:
-                # the decode path's K-split sweep (1 token): waves of blocks per launch
+            if gemv_waves:
+                # the decode path's K-split sweep (1 token, every rate): waves of blocks per
+                # launch
                 x = torch.randn(1, k, device="cuda", generator=gen).half()
                 radio_calls = [(lambda L=layers[i % len(layers)]: ops.qlinear(x, **L))
                                for i in range(max(len(layers), 20))]
@@ -405,7 +427,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                          if name == "gemv_h2" else
                                          (cfg["splits"], cfg["units_per_split"]))
                         trad = time_graph(radio_calls)
-                        print(f"  {name}{tag} sweep {n}x{k}: waves {waves:>2} splits "
+                        print(f"  {name}{tag} sweep {n}x{k} at {bpw} bpw: waves {waves:>2} splits "
                               f"{splits:>3} units/block {units:>3}: "
                               f"{trad:8.2f} us", flush=True)
                         out_rows.append(dict(n=n, k=k, target_bpw=bpw, depth_order=order, tokens=1,
@@ -467,7 +489,15 @@ def main() -> None:
                     help="up to 64 tokens: also time every row's kernel with the K split's end "
                          "as before session 15, every thread fencing (/fenceall: set_fence_all)")
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
-                    help="also time the 1-token path at these K-split wave counts (4.0 bpw)")
+                    help="also time the 1-token path at these K-split wave counts (every rate)")
+    ap.add_argument("--compare-quantiles", action="store_true",
+                    help="stream kernel rows: also time its blocks' ranges cut at equal unit "
+                         "counts, as before session 17 (/equal: set_stream_quantiles(False)), "
+                         "beside the default cut at the layer's work quantiles")
+    ap.add_argument("--unit-weights", type=int, nargs="*", default=[], metavar="ROWS",
+                    help="stream kernel rows: also time the layers' work quantiles rebuilt with "
+                         "these unit weights (/uw<ROWS>: ops.work_quantiles(depth, "
+                         "unit_weight=ROWS); the default is ops.WORK_UNIT_WEIGHT)")
     ap.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,
                     help="order of the units' depths within a chunk: random, or sorted deepest "
                          "first as radio.quantize writes layers (rows tagged @sorted); each "
@@ -490,7 +520,8 @@ def main() -> None:
     run(shapes, rates, args.tokens, not args.no_prefill, rows, bw, args.gemv_waves,
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
         args.stream_blocks, args.compare_h2, args.h2_groups, args.compare_launch,
-        args.compare_fence, args.depth_orders)
+        args.compare_fence, args.depth_orders, args.compare_quantiles,
+        args.unit_weights)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

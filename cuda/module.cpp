@@ -88,12 +88,17 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t row_perm, std::uintptr_t col_perm, std::uintptr_t bias, std::uintptr_t y,
          int n, int k, int gs, int quantizer, std::uintptr_t workspace,
          std::int64_t workspace_bytes, std::uintptr_t stream, std::int64_t qweight_words,
-         bool workspace_zeroed) {
+         bool workspace_zeroed, std::uintptr_t work_quantiles, int work_quantile_count) {
         LayerPtrs layer = layer_ptrs(qweight, scale, loc, depth, unit_offset, row_perm,
                                      col_perm, bias, n, k, gs, quantizer);
         RADIO_CHECK(qweight_words >= -1, "qweight_words must be the length of qweight (or -1: "
                     "unknown), got ", qweight_words);
         layer.qweight_words = qweight_words;
+        RADIO_CHECK(work_quantile_count == 0 || (work_quantile_count >= 2 && work_quantiles),
+                    "work_quantiles must be a device pointer to at least 2 int32 entries (or "
+                    "count 0: none), got count ", work_quantile_count);
+        layer.work_quantiles = work_quantiles;
+        layer.work_quantile_count = work_quantile_count;
         check_dtype(dtype);
         RADIO_CHECK(x && y, "x and y must be non-null device pointers");
         const auto c = qlinear_config(tokens, n, k, gs);
@@ -113,10 +118,13 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("in_features"), py::arg("rows_per_group"), py::arg("quantizer"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
       py::arg("qweight_words") = -1, py::arg("workspace_zeroed") = false,
+      py::arg("work_quantiles") = 0, py::arg("work_quantile_count") = 0,
       "y[tokens, N] = x[tokens, K] @ W.T + bias (1..8 tokens: CUDA-core decode path; up to 64 "
       "per block: tensor cores; config() says which). workspace_zeroed: the workspace is a "
-      "zeroed buffer kept across calls (no memset; zero again after the call). Not for two "
-      "calls at once on different streams.");
+      "zeroed buffer kept across calls (no memset; zero again after the call). work_quantiles: "
+      "the layer's int32 work quantiles (radio.ops.work_quantiles; the stream kernel cuts its "
+      "blocks' ranges there), count entries; 0: equal unit counts. Not for two calls at once "
+      "on different streams.");
   m.def(
       "dequantize",
       [](std::uintptr_t qweight, std::uintptr_t scale, std::uintptr_t loc, std::uintptr_t depth,
@@ -271,6 +279,21 @@ PYBIND11_MODULE(_cuda, m) {
         "Benchmark A/B: end the decode kernels' K split as before session 15, every thread "
         "fencing before the block's count (default False: one fence, by the counting thread).");
   m.def("fence_all", &radio::cuda::fence_all, "The current set_fence_all value.");
+  m.def(
+      "set_stream_quantiles",
+      [](bool on, std::int64_t min_block_units) {
+        RADIO_CHECK(min_block_units >= 0, "min_block_units must be >= 0 (flattened units per "
+                    "stream block), got ", min_block_units);
+        radio::cuda::set_stream_quantiles(on, min_block_units);
+      },
+      py::arg("on"), py::arg("min_block_units") = 128,
+      "Benchmark A/B and tests: cut the stream kernel's block ranges at the layer's work "
+      "quantiles when qlinear is given them, on layers whose blocks get at least "
+      "min_block_units units each (default True, 128; 0: every layer); False: equal unit "
+      "counts per block, as before session 17. config()['stream_quantiles'] says whether a "
+      "layer's call uses them.");
+  m.def("stream_quantiles", &radio::cuda::stream_quantiles,
+        "The current set_stream_quantiles values (on, min_block_units).");
   m.def("use_dequant_gemm", &radio::cuda::use_dequant_gemm, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"),
         "True when this many tokens take the dequantize + cuBLAS path.");
@@ -306,6 +329,7 @@ PYBIND11_MODULE(_cuda, m) {
         d["workspace_bytes"] = c.workspace_bytes;
         d["pdl"] = c.pdl;
         d["fence_all"] = c.fence_all;
+        d["stream_quantiles"] = c.stream_quantiles;
         return d;
       },
       py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),

@@ -234,12 +234,21 @@ std::string encode_stream_map(const LayerPtrs& layer, std::uintptr_t spare, bool
   return {};
 }
 
+// The stream kernel's block ranges: cut at the layer's work quantiles when the call has them
+// (and the A/B knob allows), else equal unit counts (block_range in stream_layout.cuh).
+void set_block_ranges(StreamParams& p, const LayerPtrs& layer, const QlinearConfig& c) {
+  const bool use = c.stream_quantiles && layer.work_quantile_count >= 2;
+  p.work_quantiles = use ? reinterpret_cast<const std::int32_t*>(layer.work_quantiles) : nullptr;
+  p.work_quantile_count = use ? layer.work_quantile_count : 0;
+}
+
 template <typename Act>
 std::string launch_stream_as(StreamParams& p, const CUtensorMap& map, std::uintptr_t x, int m,
                              const LayerPtrs& layer, std::uintptr_t workspace,
                              const QlinearConfig& c, cudaStream_t s) {
   copy_tables16<typename MmaTypeOf<Act>::type>(p, layer.quantizer);
   p.buf_stagers = c.stream_buf_stagers;
+  set_block_ranges(p, layer, c);
   if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
   return cuda_error(launch_stream<Act>(p, map, c, s), "stream launch");
 }
@@ -281,6 +290,7 @@ std::string stream_h2(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y
   if (std::string err = encode_stream_map(layer, workspace, false, &map); !err.empty()) return err;
   copy_tables16<__half>(p, layer.quantizer);
   p.buf_stagers = c.stream_buf_stagers;
+  set_block_ranges(p, layer, c);
   p.xt = reinterpret_cast<const void*>(x);
   return cuda_error(launch_stream_h2(p, map, c, s), "stream h2 launch");
 }

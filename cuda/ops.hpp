@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <array>
+#include <utility>
 
 namespace radio::cuda {
 
@@ -70,6 +71,10 @@ struct QlinearConfig {
   // set_fence_all (benchmark A/B only): the K split's end as before session 15, every thread
   // fencing (block_units.cuh write_k_split_rows).
   bool fence_all = false;
+  // The stream kernel cuts its blocks' ranges at the layer's work quantiles when it has them
+  // (LayerPtrs::work_quantiles); false: equal unit counts (select_config.cu: layers whose blocks
+  // get at least g_stream_quantile_min_units units each; set_stream_quantiles).
+  bool stream_quantiles = true;
 };
 
 struct DequantConfig {
@@ -124,6 +129,10 @@ bool pdl_enabled();
 // The K split's end as before session 15 (QlinearConfig::fence_all): the benchmark's A/B knob.
 void set_fence_all(bool on);
 bool fence_all();
+// The stream kernel's ranges at the layer's work quantiles (QlinearConfig::stream_quantiles):
+// the benchmark's A/B knob.
+void set_stream_quantiles(bool on, std::int64_t min_block_units);
+std::pair<bool, std::int64_t> stream_quantiles();
 int device_sm_count();  // -1 when CUDA cannot tell
 
 
@@ -132,6 +141,11 @@ struct LayerPtrs {
                  col_perm = 0, bias = 0;  // bias may be 0
   int n = 0, k = 0, gs = 0, quantizer = 0;
   std::int64_t qweight_words = -1;  // qweight's length (the stream kernel's tensor map); -1: unknown
+  // The layer's work quantiles (int32 [count], radio.ops.work_quantiles: the flattened unit at
+  // each equal share of units x weight + word rows), where the stream kernel cuts its blocks'
+  // ranges; count 0: none (equal unit counts).
+  std::uintptr_t work_quantiles = 0;
+  int work_quantile_count = 0;
 };
 
 // y[m, n] = x[m, k] @ W.T + bias for m >= 1 with the launch configuration c (from

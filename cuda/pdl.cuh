@@ -15,7 +15,8 @@
 //   there: its only traffic is L2 prefetches of its own layer's inputs (any of which the previous
 //   kernel may still be writing, e.g. a weight load: a prefetch of stale lines is harmless, a load
 //   would not be), and one read of a unit offset that only places the word prefetch, clamped to
-//   qweight so that even a stale offset stays in bounds;
+//   qweight so that even a stale offset stays in bounds (read past L1, __ldcg, so that a load of
+//   the same address after the wait cannot hit a line filled before it);
 // - after it, the kernel is ordinary.
 // Without the launch attribute both instructions return at once; before sm_90 they are not emitted.
 #pragma once
@@ -56,9 +57,10 @@ __device__ __forceinline__ void prefetch_l2(const void* base, std::int64_t total
 }
 
 // What a decode block reads first, asked into L2 before its wait (one thread calls it): up to
-// `word_bytes` of its words from its first unit's offset (read here from unit_offset: a stale value
-// only misplaces the prefetch), and the side information of its positions [pos0, pos0 + npos) and
-// units [unit0, unit0 + n_units) (col_perm, scale, loc, depth, unit_offset: [C, Kp] and [C, U]).
+// `word_bytes` of its words from its first unit's offset (read here from unit_offset, past L1: a
+// stale value only misplaces the prefetch), and the side information of its positions [pos0,
+// pos0 + npos) and units [unit0, unit0 + n_units) (col_perm, scale, loc, depth, unit_offset:
+// [C, Kp] and [C, U]).
 template <typename P>
 __device__ __forceinline__ void prefetch_block_inputs(const P& p, std::int64_t unit0, int n_units,
                                                       std::int64_t pos0, int npos,
@@ -71,7 +73,7 @@ __device__ __forceinline__ void prefetch_block_inputs(const P& p, std::int64_t u
   prefetch_l2(p.depth, units, unit0, n_units);
   prefetch_l2(p.unit_offset, 4 * units, 4 * unit0, 4LL * n_units);
   if (p.qweight_words > 0)
-    prefetch_l2(p.qweight, 4 * p.qweight_words, 4LL * p.unit_offset[unit0], word_bytes);
+    prefetch_l2(p.qweight, 4 * p.qweight_words, 4LL * __ldcg(p.unit_offset + unit0), word_bytes);
 }
 
 // The start of a K-split decode block (gemv, hgemv) of chunk `chunk` and units [u_begin, u_begin

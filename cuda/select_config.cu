@@ -170,6 +170,15 @@ int g_stream_h2_groups = 2;
 // 63.4, 11008x4096 22.4 against 23.6, 4096x4096 12.8 against 13.4.
 bool g_pdl = true;
 bool g_fence_all = false;  // set_fence_all: benchmark A/B only
+// The stream kernel cuts its blocks' ranges at the layer's work quantiles (when the call has
+// them) on layers whose blocks get at least g_stream_quantile_min_units flattened units each.
+// Why (RESULTS.md session 17, H200, 16 tokens, radio.quantize's depth order): 8192x28672
+// (217 units per block) and 12288x49152 (558) were 2-12% faster than at equal unit counts,
+// 49152x12288 (558) and 28672x8192 (217) within 2%; the 7B up/down shapes (42 units per
+// block) were 1.2-3.2 us slower with any table, even one cut nearly at equal units (unit weight
+// 32), in random order, and within -2..+4% in sorted order.
+bool g_stream_quantiles = true;  // set_stream_quantiles: benchmark A/B, tests
+std::int64_t g_stream_quantile_min_units = 128;
 constexpr int kFmmaMinUnits = 8;
 constexpr int kFmmaSmemBytes = 112 * 1024;  // two blocks per SM on an H100 (228 KB)
 constexpr int kGemvMinUnits = 4;
@@ -454,6 +463,10 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
   c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
   c.fence_all = g_fence_all;
+  const std::int64_t chunk_units = static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32);
+  const int blocks = c.stream ? c.grid_x : (c.stream_h2 ? c.h2_blocks : 0);
+  c.stream_quantiles = g_stream_quantiles && blocks > 0 &&
+                       chunk_units >= g_stream_quantile_min_units * blocks;
   return c;
 }
 
@@ -461,6 +474,13 @@ void set_pdl(bool on) { g_pdl = on; }
 bool pdl_enabled() { return g_pdl; }
 void set_fence_all(bool on) { g_fence_all = on; }
 bool fence_all() { return g_fence_all; }
+void set_stream_quantiles(bool on, std::int64_t min_block_units) {
+  g_stream_quantiles = on;
+  g_stream_quantile_min_units = min_block_units;
+}
+std::pair<bool, std::int64_t> stream_quantiles() {
+  return {g_stream_quantiles, g_stream_quantile_min_units};
+}
 
 DequantConfig select_dequant_config(int n, int k, int gs, int out_bytes, int sm_count) {
   (void)sm_count;

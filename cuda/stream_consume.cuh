@@ -28,6 +28,9 @@ struct StreamConsumerSmem {
   const float* term;               // per piece buffer and stager: the piece's chunk terms
   int* flag;
   std::uint64_t *stage_full, *stage_empty, *xs_full, *xs_empty;
+  // The block's flattened unit range [range[0], range[1]) (block_range), read from shared memory
+  // where it is used (kept in registers through the walk, session 16's 16-token builds spilled).
+  const volatile int* range;
 };
 
 // After every consumer thread has added its partial sums of `chunk` to the workspace [n][m]:
@@ -62,13 +65,13 @@ __device__ __forceinline__ void stream_complete_chunk(const StreamParams& p, int
 }
 
 // The walk of one consumer warp of group `group` (units v = group, group + kGroups, ... of each
-// piece) over the block's flattened unit range [begin, end), whose word rows the producer streams
-// as n_stages stages.
+// piece) over the block's flattened unit range sm.range, whose word rows the producer streams as
+// n_stages stages.
 template <typename Act, int kPiece, int kGroups, typename Decoder>
 __device__ __forceinline__ void stream_consume(Decoder& dec, const StreamParams& p,
-                                               const StreamConsumerSmem& sm, std::int64_t begin,
-                                               std::int64_t end, int n_stages, int group,
-                                               int lane, int tid, int consumer_threads) {
+                                               const StreamConsumerSmem& sm, int n_stages,
+                                               int group, int lane, int tid,
+                                               int consumer_threads) {
   int pos = 0;       // word rows of the stream behind the current piece
   int ring_row = 0;  // pos modulo kStreamRingRows
   // Stages this warp has seen full (the next one's slot and phase parity), and released.
@@ -104,8 +107,8 @@ __device__ __forceinline__ void stream_consume(Decoder& dec, const StreamParams&
   };
 
   int k = 0;
-  for (std::int64_t flat = begin; flat < end; ++k) {
-    const StreamPiece<kPiece> pc(flat, end, p.units);
+  for (std::int64_t flat = sm.range[0]; flat < sm.range[1]; ++k) {
+    const StreamPiece<kPiece> pc(flat, sm.range[1], p.units);
     flat += pc.n;
     const int buf = k % kStreamXsBufs;
     mbar_wait(&sm.xs_full[buf], (k / kStreamXsBufs) & 1);

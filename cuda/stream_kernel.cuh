@@ -272,8 +272,6 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int units = p.units;
   const std::int64_t total = static_cast<std::int64_t>(p.n / kStreamRows) * units;
-  const std::int64_t begin = total * blockIdx.x / gridDim.x;
-  const std::int64_t end = total * (blockIdx.x + 1) / gridDim.x;
 
   if (tid == 0) {
     for (int s = 0; s < kStreamStages; ++s) {
@@ -296,16 +294,40 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   // Programmatic dependent launch (pdl.cuh): barriers and tables are ready; the block's first
   // words and its first four pieces' side information are asked into L2 while the previous
   // kernel drains, then every role waits for it (the producer too: the TMA would read words a
-  // previous kernel may still write).
-  if (tid == 0 && begin < end) {
-    // flattened (chunk, unit) u is positions [32 u, 32 u + 32) of the [C, Kp] side arrays
-    const std::int64_t left = end - begin;
-    const int first_units = static_cast<int>(left < 4 * kStreamMaxPieceUnits ? left
-                                                                               : 4 * kStreamMaxPieceUnits);
-    prefetch_block_inputs(p, begin, first_units, 32 * begin, 32 * first_units,
-                          kStreamPrefetchBytes);
+  // previous kernel may still write). The prefetch goes to the block's equal share of the units
+  // (exact without quantiles, near the cut with them) and, with quantiles, to the table entries
+  // the block's cut reads after the wait. (Session 17's first version read the table here to
+  // place the prefetch at the cut: two dependent reads before every block's wait; it measured
+  // 2-3 us slower than equal units on the 7B shapes at 16 tokens, RESULTS.md.)
+  if (tid == 0) {
+    const std::int64_t guess = total * blockIdx.x / gridDim.x;
+    const std::int64_t left = total * (blockIdx.x + 1) / gridDim.x - guess;
+    if (left > 0) {
+      // flattened (chunk, unit) u is positions [32 u, 32 u + 32) of the [C, Kp] side arrays
+      const int first_units = static_cast<int>(left < 4 * kStreamMaxPieceUnits
+                                                   ? left : 4 * kStreamMaxPieceUnits);
+      prefetch_block_inputs(p, guess, first_units, 32 * guess, 32 * first_units,
+                            kStreamPrefetchBytes);
+    }
+    if (p.work_quantiles != nullptr) {
+      const std::int64_t steps = p.work_quantile_count - 1;
+      const std::int64_t j0 = steps * blockIdx.x / gridDim.x;
+      const std::int64_t j1 = steps * (blockIdx.x + 1) / gridDim.x + 1;
+      prefetch_l2(p.work_quantiles, 4LL * p.work_quantile_count, (4 * j0) & ~15LL,
+                  4 * (j1 - j0) + 32);
+    }
   }
   pdl_wait_previous();
+  // (the roles read the range from shared memory where they use it: StreamConsumerSmem::range;
+  // kept in registers through the walk it made the 16-token builds spill)
+  volatile int* s_range = s_flag + 2;
+  if (tid == 0) {
+    const FlatRange range = block_range(p, total, blockIdx.x, gridDim.x);
+    s_range[0] = static_cast<int>(range.begin);
+    s_range[1] = static_cast<int>(range.end);
+  }
+  __syncthreads();
+  const std::int64_t begin = s_range[0], end = s_range[1];
   if (begin >= end) return;
 
   // The stream: word rows [row_begin, row_end) of qweight, in stages of 8 rows from row_begin.
@@ -348,8 +370,8 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
     constexpr int kMultiBatch = kRunVecs >= 4 ? 1 : 4 / kRunVecs;
     static_assert(kPiece % 8 == 0 && kPiece % kMultiBatch == 0, "a piece is whole batches");
     int k = 0;
-    for (std::int64_t flat = begin; flat < end; ++k) {
-      const StreamPiece<kPiece> pc(flat, end, units);
+    for (std::int64_t flat = s_range[0]; flat < s_range[1]; ++k) {
+      const StreamPiece<kPiece> pc(flat, s_range[1], units);
       flat += pc.n;
       if (k % kStreamXsBufs != my_buf) continue;
       const int buf = my_buf, use = k / kStreamXsBufs;
@@ -450,7 +472,7 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
 
   // Consumers.
   const StreamConsumerSmem sm{s_unit, s_xs, xs_buf_halves, s_term, s_flag,
-                              stage_full, stage_empty, xs_full, xs_empty};
+                              stage_full, stage_empty, xs_full, xs_empty, s_range};
   if constexpr (kH2) {
     static_assert(std::is_same_v<Act, __half> && kTT == 1, "half2 consumers: f16, one token");
     // warp w: rows 32 (w % 4) + lane and + 128; groups of 4 warps take interleaved units
@@ -463,7 +485,7 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
     dec.table = reinterpret_cast<const unsigned char*>(s_table);
     dec.workspace = p.workspace;
     dec.lane4 = 4u * static_cast<std::uint32_t>(lane);
-    stream_consume<Act, kPiece, kH2Groups>(dec, p, sm, begin, end, n_stages, group, lane, tid,
+    stream_consume<Act, kPiece, kH2Groups>(dec, p, sm, n_stages, group, lane, tid,
                                            32 * kConsumers);
     return;
   }
@@ -477,7 +499,7 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   dec.table = s_table;
   dec.slab_ring = ring + slab * (kStreamStages * 1024);
   dec.workspace = p.workspace;
-  stream_consume<Act, kPiece, kGroups>(dec, p, sm, begin, end, n_stages, group, lane, tid,
+  stream_consume<Act, kPiece, kGroups>(dec, p, sm, n_stages, group, lane, tid,
                                        32 * kConsumers);
 #else
   __trap();  // sm_90 only: select_config.cu never picks this kernel elsewhere

@@ -57,7 +57,51 @@ struct StreamParams : DecodeParams {
   std::uint32_t pair_table[kFmmaPairEntries];  // depths 1..4: (T_B[q], T_B[q']) in the mma type
   std::uint16_t table[512];                    // T_B[q] in the mma type (entry 2^B - 2 + q)
   int buf_stagers;                             // stager warps per xs buffer (1 or 2)
+  // The layer's work quantiles (LayerPtrs::work_quantiles; nullptr: none, count 0): block_range
+  const std::int32_t* work_quantiles;
+  int work_quantile_count;
 };
+
+// A block's share [begin, end) of the layer's `total` flattened (chunk, unit) indices.
+//
+// Without quantiles: equal unit counts. With them (int32 q[0..Q], Q = count - 1, from
+// radio.ops.work_quantiles: q[j] is the first unit at which units x weight + word rows before it
+// reach j / Q of the layer's total, computed once per layer when it is prepared): the cut of
+// block b is where b / blocks of that work lies, interpolated linearly between the two
+// quantiles around it, so any block count works from one table. Why: radio.quantize writes
+// each chunk's units deepest first, and on layers whose blocks cover a fraction of a chunk equal
+// unit counts gave the blocks very different word counts (8192x28672 at 16 tokens: 22% slower
+// than random order, RESULTS.md session 16); a search of the unit offsets inside the kernel
+// cost ~3% on every layer (session 16, bench/experiments/stream_balanced_ranges.patch).
+// Cuts are clamped into [0, total] and ordered, so that a table that does not belong to the layer
+// gives wrong sums but never reads out of bounds.
+struct FlatRange {
+  std::int64_t begin, end;
+};
+__device__ __forceinline__ std::int64_t quantile_cut(const std::int32_t* q, int count,
+                                                     std::int64_t total, int block, int blocks) {
+  if (block <= 0) return 0;
+  if (block >= blocks) return total;
+  const std::int64_t steps = count - 1;
+  const std::int64_t at = steps * block;  // position b / blocks of the work, in 1/blocks steps
+  const std::int64_t j = at / blocks, frac = at - j * blocks;
+  const std::int64_t lo = q[j], hi = frac ? q[j + 1] : lo;
+  const std::int64_t cut = lo + (hi - lo) * frac / blocks;
+  return cut < 0 ? 0 : (cut > total ? total : cut);
+}
+__device__ __forceinline__ FlatRange block_range(const StreamParams& p, std::int64_t total,
+                                                 int block, int blocks) {
+  FlatRange r;
+  if (p.work_quantiles == nullptr) {
+    r.begin = total * block / blocks;
+    r.end = total * (block + 1) / blocks;
+    return r;
+  }
+  r.begin = quantile_cut(p.work_quantiles, p.work_quantile_count, total, block, blocks);
+  r.end = quantile_cut(p.work_quantiles, p.work_quantile_count, total, block + 1, blocks);
+  if (r.end < r.begin) r.end = r.begin;  // (a table not non-decreasing: see above)
+  return r;
+}
 
 // The piece of the block's flattened unit range that starts at `flat`: chunk, first unit, count
 // (at most kPiece, never across a chunk or the range's end). Every role walks the same sequence.

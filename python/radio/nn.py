@@ -55,6 +55,8 @@ class RadioLinear(nn.Module):
         # The one-token kernels' zeroed workspace, kept so that no memset runs per call (zero
         # between calls; not saved).
         self.register_buffer("workspace", prepared["workspace"], persistent=False)
+        # Where the stream kernel cuts its blocks' ranges (derived from depth; not saved).
+        self.register_buffer("work_quantiles", prepared["work_quantiles"], persistent=False)
 
     # -- conversion ------------------------------------------------------------------------------
 
@@ -97,7 +99,7 @@ class RadioLinear(nn.Module):
                            bias=self.bias, out_features=self.out_features,
                            in_features=self.in_features, rows_per_group=self.rows_per_group,
                            quantizer=self.quantizer, unit_offset=self.unit_offset,
-                           workspace=self.workspace)
+                           workspace=self.workspace, work_quantiles=self.work_quantiles)
 
     # -- size ------------------------------------------------------------------------------------
 

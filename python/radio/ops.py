@@ -15,7 +15,10 @@ Derived buffer: the kernels address the qweight words of unit ``u`` of chunk ``c
 ``unit_offset[c, u] = base[c] + off[c, u] * rows_c`` (docs/format.md "qweight layout"), an int32
 ``[C, U]`` tensor that depends only on ``depth``. ``prepare(...)`` computes it once per layer;
 callers (RadioLinear) keep it as a non-persistent buffer and pass it as ``unit_offset=``. When it
-is omitted the op recomputes it (a tiny cumsum) on every call.
+is omitted the op recomputes it (a tiny cumsum) on every call. ``work_quantiles`` (also from
+``prepare``, also from ``depth`` alone) tells the 4-16-token stream kernel where to cut its
+blocks' shares of the layer; without it the kernel cuts equal unit counts, which is slower on
+layers whose chunks hold their units deepest first (as radio.quantize writes them).
 
 Usage::
 
@@ -34,8 +37,8 @@ import torch
 from ._ext import _cuda
 from .format import QUANTIZERS, UNIT
 
-__all__ = ["qlinear", "prepare", "dequantize", "unit_offsets", "quantizer_table",
-           "decode_workspace_bytes"]
+__all__ = ["qlinear", "prepare", "dequantize", "unit_offsets", "work_quantiles",
+           "quantizer_table", "decode_workspace_bytes"]
 
 _X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -73,6 +76,43 @@ def unit_offsets(depth: torch.Tensor, out_features: int, rows_per_group: int) ->
     base = torch.cumsum(chunk_words, dim=0) - chunk_words
     out = base[:, None] + off * rows[:, None]
     return out.to(torch.int32)
+
+
+# The stream kernel's share of a block is cut at equal work, a unit counting WORK_UNIT_WEIGHT word
+# rows beside its own depth (its x staging and bookkeeping): on 8192x28672 at 4 bpw, 16 tokens,
+# in radio.quantize's depth order, weight 4 was 11-12% faster than equal unit counts and the best
+# of 0, 4, 8, 16, 32 and 64 (H100, bench/RESULTS.md session 16; again on an H200 in session 17,
+# where 8 was 2-4% better at 3 bpw). WORK_QUANTILES steps: the kernel interpolates between them, so
+# one table serves any number of blocks (4 KB per layer).
+WORK_UNIT_WEIGHT = 4
+WORK_QUANTILES = 1024
+
+
+def work_quantiles(depth: torch.Tensor, steps: int = WORK_QUANTILES,
+                   unit_weight: int = WORK_UNIT_WEIGHT) -> torch.Tensor:
+    """int32 [steps + 1]: entry j is the first flattened (chunk, unit) index u (row-major over
+    depth's [C, U]) at which the work before u, ``unit_weight * u + sum(depth[:u])``, reaches
+    ``j / steps`` of the layer's total. Entry 0 is 0 and entry ``steps`` is C * U.
+
+    The stream kernel (cuda/stream_layout.cuh ``block_range``) cuts block b of B at position
+    b / B of this table, interpolated between its two neighbouring entries. The work counts a
+    unit's depth as its word rows, which holds for the 256-row chunks the kernel takes.
+    """
+    if depth.dim() != 2:
+        raise ValueError(f"depth must be 2-D [C, U], got shape {tuple(depth.shape)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(unit_weight, int) or unit_weight < 1:
+        raise ValueError(f"unit_weight must be a positive int (a unit of depth 0 must still "
+                         f"count), got {unit_weight!r}")
+    d = depth.reshape(-1).to(torch.int64)
+    total = d.numel()
+    # work[u] = work before flattened unit u, for u = 0..total (strictly increasing)
+    work = torch.zeros(total + 1, dtype=torch.int64, device=depth.device)
+    work[1:] = torch.cumsum(d + unit_weight, dim=0)
+    j = torch.arange(steps + 1, dtype=torch.int64, device=depth.device)
+    target = (work[-1] * j + steps - 1) // steps  # ceil(total work * j / steps)
+    return torch.searchsorted(work, target, side="left").to(torch.int32)
 
 
 def _check_layer(qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
@@ -204,7 +244,8 @@ def _qlinear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, loc
                 bias: Optional[torch.Tensor], out_features: int, in_features: int,
                 rows_per_group: int, quantizer: int,
                 unit_offset: Optional[torch.Tensor] = None,
-                workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
+                workspace: Optional[torch.Tensor] = None,
+                work_quantiles: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Default implementation (CPU and any device without a kernel): the reference path."""
     return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
                               out_features, in_features, rows_per_group, quantizer)
@@ -212,7 +253,7 @@ def _qlinear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, loc
 
 @_qlinear_op.register_fake
 def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
-      rows_per_group, quantizer, unit_offset=None, workspace=None):
+      rows_per_group, quantizer, unit_offset=None, workspace=None, work_quantiles=None):
     torch._check(x.shape[-1] == in_features,
                  lambda: f"x has {x.shape[-1]} features, expected in_features={in_features}")
     return x.new_empty(*x.shape[:-1], out_features)
@@ -220,7 +261,7 @@ def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_
 
 @_qlinear_op.register_kernel("cuda")
 def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_features,
-      rows_per_group, quantizer, unit_offset=None, workspace=None):
+      rows_per_group, quantizer, unit_offset=None, workspace=None, work_quantiles=None):
     if not _cuda_ready():
         return _reference_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
                                   out_features, in_features, rows_per_group, quantizer)
@@ -228,7 +269,7 @@ def _(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features, in_
         unit_offset = unit_offsets(depth, out_features, rows_per_group)
     return _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias,
                          out_features, in_features, rows_per_group, quantizer, unit_offset,
-                         workspace)
+                         workspace, work_quantiles)
 
 
 @torch.library.custom_op("radio::dequantize", mutates_args=())
@@ -263,7 +304,8 @@ _CUDA_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
 def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
-                  in_features, rows_per_group, quantizer, unit_offset, workspace=None):
+                  in_features, rows_per_group, quantizer, unit_offset, workspace=None,
+                  work_quantiles=None):
     """Calls radio._cuda with raw pointers on the current stream; torch owns every buffer.
 
     One token with the layer's kept ``workspace`` (zero between calls): no memset node before
@@ -278,12 +320,14 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
     if m == 0:
         return x.new_empty(*x.shape[:-1], n)
     tensors = (qweight, scale, loc, depth, row_perm, col_perm, unit_offset) + (
-        () if bias is None else (bias,))
+        () if bias is None else (bias,)) + (() if work_quantiles is None else (work_quantiles,))
     for t in tensors:
         if t.device != dev:
             raise ValueError(f"all layer tensors must be on {dev}, got one on {t.device}")
     qweight, scale, loc, depth, row_perm, col_perm, unit_offset = (
         t.contiguous() for t in tensors[:7])
+    if work_quantiles is not None:
+        work_quantiles = work_quantiles.contiguous()
     if qweight.data_ptr() % 16:  # a view at an odd offset: the TMA needs 16-byte alignment
         qweight = qweight.clone()
     bias_ptr = 0 if bias is None else bias.contiguous().data_ptr()
@@ -309,7 +353,9 @@ def _cuda_qlinear(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_f
                           loc.data_ptr(), depth.data_ptr(), unit_offset.data_ptr(),
                           row_perm.data_ptr(), col_perm.data_ptr(), bias_ptr, y.data_ptr(),
                           n, k, rows_per_group, quantizer, ws.data_ptr(), ws.numel(), stream,
-                          qweight.numel(), kept)
+                          qweight.numel(), kept,
+                          0 if work_quantiles is None else work_quantiles.data_ptr(),
+                          0 if work_quantiles is None else work_quantiles.numel())
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -331,7 +377,7 @@ def _(qweight, scale, loc, depth, row_perm, col_perm, out_features, in_features,
 
 
 def _setup_context(ctx, inputs, output):
-    (x, qweight, scale, loc, depth, row_perm, col_perm, bias, n, k, gs, quantizer, _, _) = inputs
+    (x, qweight, scale, loc, depth, row_perm, col_perm, bias, n, k, gs, quantizer, _, _, _) = inputs
     ctx.save_for_backward(qweight, scale, loc, depth, row_perm, col_perm)
     ctx.attrs = (n, k, gs, quantizer)
     ctx.x_dtype = x.dtype
@@ -343,7 +389,7 @@ def _backward(ctx, grad):
     n, k, gs, quantizer = ctx.attrs
     w = _dequantize_op(qweight, scale, loc, depth, row_perm, col_perm, n, k, gs, quantizer)
     dx = (grad.reshape(-1, n).to(torch.float32) @ w).to(ctx.x_dtype)
-    return (dx.reshape(*grad.shape[:-1], k),) + (None,) * 13
+    return (dx.reshape(*grad.shape[:-1], k),) + (None,) * 14
 
 
 _qlinear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -368,14 +414,17 @@ def qlinear(x: torch.Tensor, *, qweight: torch.Tensor, scale: torch.Tensor, loc:
             bias: Optional[torch.Tensor] = None, out_features: int, in_features: int,
             rows_per_group: int, quantizer: Union[int, str],
             unit_offset: Optional[torch.Tensor] = None,
-            workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
+            workspace: Optional[torch.Tensor] = None,
+            work_quantiles: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ W.T + bias`` for a packed layer; x is [..., K] float16/bfloat16/float32.
 
     Returns [..., N] in x's dtype. ``quantizer`` is "laplace"/"uniform" or its code 0/1.
-    ``unit_offset`` is the cached result of ``unit_offsets`` and ``workspace`` the layer's kept
-    zeroed buffer (both from ``prepare``): one-token calls on CUDA use it instead of a fresh
-    workspace and leave it zero. Calls that may run at the same time on different streams must
-    not share one ``workspace``.
+    ``unit_offset`` is the cached result of ``unit_offsets``, ``workspace`` the layer's kept
+    zeroed buffer and ``work_quantiles`` the cached result of ``work_quantiles`` (all three from
+    ``prepare``): one-token calls on CUDA use the workspace instead of a fresh one and leave it
+    zero; the 4-16-token stream kernel cuts its blocks' ranges at the quantiles (equal unit
+    counts without them). Calls that may run at the same time on different streams must not
+    share one ``workspace``.
     """
     if x.dtype not in _X_DTYPES:
         raise ValueError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
@@ -390,8 +439,11 @@ def qlinear(x: torch.Tensor, *, qweight: torch.Tensor, scale: torch.Tensor, loc:
         _check_qweight_words(qweight, depth, out_features, rows_per_group)
     if workspace is not None:
         _check_workspace(workspace, out_features, rows_per_group)
+    if work_quantiles is not None:
+        _check_work_quantiles(work_quantiles, depth)
     return _qlinear_op(x, qweight, scale, loc, depth, row_perm, col_perm, bias, out_features,
-                       in_features, rows_per_group, code, unit_offset, workspace)
+                       in_features, rows_per_group, code, unit_offset, workspace,
+                       work_quantiles)
 
 
 def decode_workspace_bytes(out_features: int, rows_per_group: int) -> int:
@@ -414,16 +466,40 @@ def _check_workspace(workspace: torch.Tensor, out_features: int, rows_per_group:
                          f"(decode_workspace_bytes({out_features}, {rows_per_group}))")
 
 
+def _check_work_quantiles(work_quantiles: torch.Tensor, depth: torch.Tensor) -> None:
+    """Dtype and shape always; on the CPU also the values, outside tracing (on CUDA that would be
+    a host sync per call: prepare() builds the table, and the kernel clamps its cuts into the
+    layer, so a table of another layer gives wrong sums but never an out-of-bounds read)."""
+    if not isinstance(work_quantiles, torch.Tensor):
+        raise TypeError(f"work_quantiles must be a torch.Tensor (from prepare()), got "
+                        f"{type(work_quantiles).__name__}")
+    if (work_quantiles.dtype != torch.int32 or work_quantiles.dim() != 1
+            or work_quantiles.numel() < 2 or not work_quantiles.is_contiguous()):
+        raise ValueError(f"work_quantiles must be a contiguous 1-D int32 tensor of at least 2 "
+                         f"entries (from prepare()), got dtype {work_quantiles.dtype} and shape "
+                         f"{tuple(work_quantiles.shape)}")
+    from torch._subclasses.fake_tensor import is_fake
+
+    if (work_quantiles.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not is_fake(work_quantiles)):
+        total = depth.numel()
+        q = work_quantiles.to(torch.int64)
+        if int(q[0]) != 0 or int(q[-1]) != total or bool((q[1:] < q[:-1]).any()):
+            raise ValueError(f"work_quantiles must rise from 0 to the layer's {total} units "
+                             f"(C x U, from prepare()), got {q[0].item()} .. {q[-1].item()}"
+                             + (" not non-decreasing" if bool((q[1:] < q[:-1]).any()) else ""))
+
+
 def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
             depth: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor,
             bias: Optional[torch.Tensor] = None, out_features: int, in_features: int,
             rows_per_group: int, quantizer: Union[int, str]) -> dict:
-    """The keyword arguments of ``qlinear`` for one layer, checked, with ``unit_offset`` and
-    ``workspace`` (zeroed, ``decode_workspace_bytes``) added.
+    """The keyword arguments of ``qlinear`` for one layer, checked, with ``unit_offset``,
+    ``workspace`` (zeroed, ``decode_workspace_bytes``) and ``work_quantiles`` added.
 
     Call once per layer (after moving the tensors to their device) and keep the dict (or its
-    ``unit_offset`` and ``workspace`` as buffers); ``qlinear(x, **prepared)`` then does no
-    per-call setup.
+    ``unit_offset``, ``workspace`` and ``work_quantiles`` as buffers); ``qlinear(x,
+    **prepared)`` then does no per-call setup.
     Besides the dtype/shape checks it checks qweight's length against the depths (one host sync
     when depth is on a GPU), so the kernels never read past qweight.
     """
@@ -437,4 +513,5 @@ def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
                 in_features=in_features, rows_per_group=rows_per_group, quantizer=code,
                 unit_offset=uoff,
                 workspace=torch.zeros(decode_workspace_bytes(out_features, rows_per_group),
-                                      dtype=torch.uint8, device=qweight.device))
+                                      dtype=torch.uint8, device=qweight.device),
+                work_quantiles=work_quantiles(depth))

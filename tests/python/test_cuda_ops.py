@@ -11,6 +11,7 @@ paths are checked against the format itself, not against ops.py. Relative-error 
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -516,12 +517,13 @@ STREAM_TOKENS = [1, 2, 3, 5, 8, 9, 16]
 
 @pytest.fixture
 def stream_setting():
-    """Restores the stream kernel's groups, block limit and stagers after a test that changes
-    them."""
+    """Restores the stream kernel's groups, block limit, stagers and ranges after a test that
+    changes them."""
     yield
     _cuda.set_stream_groups(2)
     _cuda.set_stream_max_blocks(0)
     _cuda.set_stream_stagers(2)
+    _cuda.set_stream_quantiles(True)
 
 
 @pytest.mark.parametrize("groups,blocks,stagers", [(2, 0, 2), (1, 3, 1), (2, 3, 2)])
@@ -580,6 +582,98 @@ def test_stream_every_single_depth(depth, quantizer, stream_on):
         x = torch.randn(tokens, 640, generator=torch.Generator().manual_seed(depth)).half().cuda()
         err = rel_err(ops.qlinear(x, **layer), reference_y(x, w64, layer["bias"].cpu()))
         assert err < BUDGET[torch.float16], (tokens, err)
+
+
+def _uneven_depths(n: int, k: int, kind: str, seed: int) -> torch.Tensor:
+    """uint8 [C, U] depths whose words are spread unevenly over the units: "sorted", random
+    depths sorted deepest first in every chunk (the order radio.quantize writes) with the last
+    quarter of each chunk's units at 0 bits; "first", all words in the first chunk (8 bits),
+    0 bits everywhere else."""
+    chunks, units = math.ceil(n / 256), math.ceil(k / 32)
+    if kind == "first":
+        depth = torch.zeros(chunks, units, dtype=torch.int64)
+        depth[0] = 8
+        return depth.to(torch.uint8)
+    g = torch.Generator().manual_seed(seed)
+    depth = torch.randint(1, 9, (chunks, units), generator=g).sort(dim=1, descending=True).values
+    depth[:, units - units // 4:] = 0
+    return depth.to(torch.uint8)
+
+
+@pytest.mark.parametrize("kind", ["sorted", "first"])
+@pytest.mark.parametrize("n,k", [(2048, 1024), (1024, 4000), (768, 1056)])
+@pytest.mark.parametrize("blocks", [0, 3, 7])
+@pytest.mark.parametrize("quantiles", [True, False])
+def test_stream_ranges_on_uneven_layers(kind, n, k, blocks, quantiles, stream_on,
+                                        stream_setting):
+    """The blocks' ranges cut at the layer's work quantiles (stream_layout.cuh block_range, the
+    table from prepare()) and, with set_stream_quantiles(False), at equal unit counts: layers
+    whose words are spread unevenly (_uneven_depths: 0-bit units at and after cuts; "first": every
+    word in chunk 0, so most blocks cover 0-bit units only) against the float64 reference at 1, 8
+    and 16 tokens, and every output row written."""
+    _cuda.set_stream_max_blocks(blocks)
+    _cuda.set_stream_quantiles(quantiles, 0)  # (these small layers' blocks take a few units)
+    assert _cuda.config(16, n, k, 256)["stream_quantiles"] == quantiles
+    depth = _uneven_depths(n, k, kind, seed=n + k)
+    layer, w64 = _layer(n, k, 256, 1, seed=n + k + blocks, depth=depth)
+    q = layer["work_quantiles"].cpu().long()
+    assert q[0] == 0 and q[-1] == depth.numel() and bool((q[1:] >= q[:-1]).all())
+    _check_token_counts(layer, w64, torch.float16, (1, 8, 16),
+                        torch.Generator().manual_seed(n + blocks), kernel="stream")
+    _check_poisoned_output((layer, w64), 16, "stream")
+
+
+def test_stream_quantiles_rule(stream_setting):
+    """The table is used where a stream block gets at least 128 flattened units (8192x28672: 217
+    on 132 SMs), not on the 7B up/down shapes (42), where it measured slower (select_config.cu
+    g_stream_quantile_min_units); set_stream_quantiles' bounds and off switch."""
+    grid = _cuda.config(16, 4096, 11008, 256)["grid_x"]
+    if not 44 <= grid <= 224:
+        pytest.skip(f"the rule's two shapes fall on either side of it for 44..224 SMs, got {grid}")
+    assert _cuda.config(16, 8192, 28672, 256)["stream_quantiles"]
+    assert not _cuda.config(16, 4096, 11008, 256)["stream_quantiles"]
+    assert _cuda.stream_quantiles() == (True, 128)
+    _cuda.set_stream_quantiles(True, 0)
+    assert _cuda.config(16, 4096, 11008, 256)["stream_quantiles"]
+    _cuda.set_stream_quantiles(False)
+    assert not _cuda.config(16, 8192, 28672, 256)["stream_quantiles"]
+    with pytest.raises(ValueError, match="min_block_units must be >= 0.*got -1"):
+        _cuda.set_stream_quantiles(True, -1)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 1024, 5000])
+def test_stream_any_quantile_count(steps, stream_on, stream_setting):
+    """The kernel interpolates any table length (1 step: equal work shares of the whole layer,
+    more steps than blocks or units) to the same correct sums, at 3 and at all SMs' blocks."""
+    depth = _uneven_depths(2048, 1024, "sorted", seed=3)
+    layer, w64 = _layer(2048, 1024, 256, 0, seed=steps, depth=depth)
+    layer["work_quantiles"] = ops.work_quantiles(layer["depth"], steps=steps)
+    _cuda.set_stream_quantiles(True, 0)
+    for blocks in (3, 0):
+        _cuda.set_stream_max_blocks(blocks)
+        _check_token_counts(layer, w64, torch.float16, (1, 16),
+                            torch.Generator().manual_seed(steps), kernel="stream")
+
+
+def test_stream_foreign_quantiles_sanitize_small(stream_on, stream_setting):
+    """A table that is not the layer's (cuts beyond its units, falling or negative entries)
+    passes the per-call checks on CUDA (no host sync per call); the kernel clamps its cuts into
+    the layer, so the call reads and writes nothing outside its tensors (the sums are then wrong:
+    compute-sanitizer runs this test, -k sanitize_small). The layer's own table afterwards gives
+    the right sums again."""
+    layer, w64 = _layer(1024, 1100, 256, 0, seed=4)
+    _cuda.set_stream_quantiles(True, 0)
+    assert _cuda.config(16, 1024, 1100, 256)["stream_quantiles"]
+    own = layer["work_quantiles"]
+    total = layer["depth"].numel()
+    x = torch.randn(16, 1100, device="cuda").half()
+    for table in ([0, 10 * total], [0, total // 2, total // 3, total], [5 * total, -7, 3]):
+        layer["work_quantiles"] = torch.tensor(table, dtype=torch.int32, device="cuda")
+        ops.qlinear(x, **layer)
+        torch.cuda.synchronize()
+    layer["work_quantiles"] = own
+    _check_token_counts(layer, w64, torch.float16, (16,), torch.Generator().manual_seed(4),
+                        kernel="stream")
 
 
 @pytest.mark.parametrize("n,k", [(1024, 1100), (256, 77), (2048, 1024)])

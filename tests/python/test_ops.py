@@ -192,6 +192,57 @@ def test_prepare_and_unit_offsets():
     assert ops.qlinear(x, **prepared).shape == (5, 300)
 
 
+def test_work_quantiles_by_hand():
+    """Entry j of work_quantiles is the first flattened unit at which unit_weight x units + depths
+    before it reach j / steps of the layer's total (a hand loop over every unit)."""
+    g = torch.Generator().manual_seed(11)
+    depth = torch.randint(0, 9, (3, 17), generator=g).to(torch.uint8)
+    depth[1, 5:] = 0  # 0-bit units still count their unit weight
+    flat = [int(d) for d in depth.reshape(-1)]
+    for steps, weight in ((1, 4), (7, 4), (64, 1), (200, 9)):
+        q = ops.work_quantiles(depth, steps=steps, unit_weight=weight)
+        assert q.dtype == torch.int32 and q.shape == (steps + 1,)
+        work = [0]
+        for d in flat:
+            work.append(work[-1] + d + weight)
+        for j in range(steps + 1):
+            # first u with work[u] >= total * j / steps (integers: work[u] * steps >= total * j)
+            expect = next(u for u in range(len(work)) if work[u] * steps >= work[-1] * j)
+            assert int(q[j]) == expect, (steps, weight, j)
+    assert int(q[0]) == 0 and int(q[-1]) == depth.numel()
+
+
+def test_work_quantiles_in_prepare_and_its_checks():
+    """prepare() adds the layer's table; qlinear takes it (on the CPU the kernels' cut is not
+    used, the output is the same) and names what is wrong with a table that is not one."""
+    layer, _ = random_layer(300, 77, 128, 0, seed=3)
+    prepared = ops.prepare(**layer)
+    q = prepared["work_quantiles"]
+    assert torch.equal(q, ops.work_quantiles(layer["depth"]))
+    assert q.numel() == ops.WORK_QUANTILES + 1
+    x = torch.randn(2, 77)
+    assert torch.allclose(ops.qlinear(x, **prepared), ops.qlinear(x, **layer))
+    total = layer["depth"].numel()
+    bad = {
+        "must be a contiguous 1-D int32": q.long(),
+        "must be a contiguous 1-D int32 tensor of at least 2": q[:1],
+        "rise from 0 to the layer's 9 units.*got 0 .. 8": torch.tensor([0, 4, 8], dtype=torch.int32),
+        "not non-decreasing": torch.tensor([0, 5, 3, total], dtype=torch.int32),
+    }
+    assert total == 9
+    for match, table in bad.items():
+        with pytest.raises(ValueError, match=match):
+            ops.qlinear(x, **{**prepared, "work_quantiles": table})
+    with pytest.raises(TypeError, match="work_quantiles must be a torch.Tensor.*list"):
+        ops.qlinear(x, **{**prepared, "work_quantiles": [0, total]})
+    with pytest.raises(ValueError, match="unit_weight must be a positive int.*got 0"):
+        ops.work_quantiles(layer["depth"], unit_weight=0)
+    with pytest.raises(ValueError, match="steps must be a positive int.*got 0"):
+        ops.work_quantiles(layer["depth"], steps=0)
+    with pytest.raises(ValueError, match="depth must be 2-D"):
+        ops.work_quantiles(layer["depth"].reshape(-1))
+
+
 def test_prepare_adds_a_zeroed_workspace():
     """prepare() keeps one zeroed workspace per layer for the one-token CUDA kernels, sized by
     decode_workspace_bytes (a row's f32 partial and a chunk's counter, 256-byte aligned)."""
@@ -258,7 +309,7 @@ def test_opcheck_cpu():
     x = torch.randn(4, 100)
     args = (x, prepared["qweight"], prepared["scale"], prepared["loc"], prepared["depth"],
             prepared["row_perm"], prepared["col_perm"], prepared["bias"], 200, 100, 64, 0,
-            prepared["unit_offset"], prepared["workspace"])
+            prepared["unit_offset"], prepared["workspace"], prepared["work_quantiles"])
     torch.library.opcheck(torch.ops.radio.qlinear.default, args)
     xg = x.clone().requires_grad_(True)
     torch.library.opcheck(torch.ops.radio.qlinear.default, (xg,) + args[1:])
