@@ -129,8 +129,9 @@ bool pdl_enabled();
 // The K split's end as before session 15 (QlinearConfig::fence_all): the benchmark's A/B knob.
 void set_fence_all(bool on);
 bool fence_all();
-// The stream kernel's ranges at the layer's work quantiles (QlinearConfig::stream_quantiles):
-// the benchmark's A/B knob.
+// The stream kernel's ranges at the layer's work quantiles (QlinearConfig::stream_quantiles) on
+// layers whose blocks get at least min_block_units units each: the benchmark's A/B knob (off:
+// equal unit counts) and the tests' (0: every layer).
 void set_stream_quantiles(bool on, std::int64_t min_block_units);
 std::pair<bool, std::int64_t> stream_quantiles();
 int device_sm_count();  // -1 when CUDA cannot tell
