@@ -228,6 +228,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
     default_stream = _cuda.stream_tokens()
     stream_on, stream_off = (1, 16), (1, 0)
     default_pdl = _cuda.pdl()  # programmatic dependent launch (--compare-launch flips it)
+    # the stream kernel's ranges at the work quantiles (on, min units per block)
+    default_quantiles = _cuda.stream_quantiles()
     for n, k in shapes:
         w16 = [torch.randn(n, k, device="cuda", generator=gen).half() * 0.02
                for _ in range(copies_for(2 * n * k))]
@@ -346,14 +348,18 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                   (not default_pdl, False, False, True)]
                     if compare_fence and tokens <= 64:
                         modes += [(default_pdl, True, True, True)]
-                    if compare_quantiles and kernel in ("stream", "stream_h2"):
+                    # (only where the call uses the table: elsewhere /equal would time the same
+                    # kernel again)
+                    uses_table = (kernel in ("stream", "stream_h2") and tokens <= 64
+                                  and _cuda.config(tokens, n, k, GS)["stream_quantiles"])
+                    if compare_quantiles and uses_table:
                         modes += [(default_pdl, True, False, False)]
                     timed = []
                     if runs == kernel:
                         for pdl, kept, fence_all, quantiles in modes:
                             _cuda.set_pdl(pdl)
                             _cuda.set_fence_all(fence_all)
-                            _cuda.set_stream_quantiles(quantiles)
+                            _cuda.set_stream_quantiles(quantiles, default_quantiles[1])
                             label = "+".join(([] if pdl == default_pdl else
                                               ["pdl" if pdl else "nopdl"])
                                              + ([] if kept else ["memset"])
@@ -363,8 +369,8 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                           time_graph(radio_calls if kept else fresh_calls)))
                         _cuda.set_pdl(default_pdl)
                         _cuda.set_fence_all(False)
-                        _cuda.set_stream_quantiles(True)
-                        if kernel in ("stream", "stream_h2"):
+                        _cuda.set_stream_quantiles(*default_quantiles)
+                        if uses_table:
                             # --unit-weights: the layers' tables rebuilt at other unit weights
                             # (ops.work_quantiles), the default launch otherwise
                             own = [L["work_quantiles"] for L in layers]
@@ -491,11 +497,12 @@ def main() -> None:
     ap.add_argument("--gemv-waves", type=int, nargs="*", default=[],
                     help="also time the 1-token path at these K-split wave counts (every rate)")
     ap.add_argument("--compare-quantiles", action="store_true",
-                    help="stream kernel rows: also time its blocks' ranges cut at equal unit "
-                         "counts, as before session 17 (/equal: set_stream_quantiles(False)), "
-                         "beside the default cut at the layer's work quantiles")
+                    help="stream kernel rows that use the layer's work quantiles (blocks of "
+                         ">= 128 units): also time its blocks' ranges cut at equal unit counts, "
+                         "as before session 17 (/equal: set_stream_quantiles(False))")
     ap.add_argument("--unit-weights", type=int, nargs="*", default=[], metavar="ROWS",
-                    help="stream kernel rows: also time the layers' work quantiles rebuilt with "
+                    help="stream kernel rows that use the layer's work quantiles: also time "
+                         "them rebuilt with "
                          "these unit weights (/uw<ROWS>: ops.work_quantiles(depth, "
                          "unit_weight=ROWS); the default is ops.WORK_UNIT_WEIGHT)")
     ap.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,

@@ -71,10 +71,11 @@ struct QlinearConfig {
   // set_fence_all (benchmark A/B only): the K split's end as before session 15, every thread
   // fencing (block_units.cuh write_k_split_rows).
   bool fence_all = false;
-  // The stream kernel cuts its blocks' ranges at the layer's work quantiles when it has them
-  // (LayerPtrs::work_quantiles); false: equal unit counts (select_config.cu: layers whose blocks
-  // get at least g_stream_quantile_min_units units each; set_stream_quantiles).
-  bool stream_quantiles = true;
+  // The stream kernel (stream or stream_h2) cuts its blocks' ranges at the layer's work quantiles
+  // when it has them (LayerPtrs::work_quantiles); false: equal unit counts, and every other
+  // kernel (select_config.cu stream_quantiles_apply: layers whose blocks get at least
+  // g_stream_quantile_min_units units each; set_stream_quantiles).
+  bool stream_quantiles = false;
 };
 
 struct DequantConfig {

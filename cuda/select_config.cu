@@ -227,6 +227,10 @@ int stream_blocks(std::int64_t chunk_units, int sm_count) {
   const int blocks = g_stream_max_blocks > 0 ? std::min(sm_count, g_stream_max_blocks) : sm_count;
   return static_cast<int>(std::min<std::int64_t>(blocks, chunk_units));
 }
+// Whether the stream kernel's `blocks` blocks over `chunk_units` cut at the work quantiles.
+bool stream_quantiles_apply(std::int64_t chunk_units, int blocks) {
+  return g_stream_quantiles && chunk_units >= g_stream_quantile_min_units * blocks;
+}
 
 QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c;
@@ -285,6 +289,8 @@ QlinearConfig select_gemv_config(int m, int n, int k, int gs, int sm_count) {
     c.h2_threads = stream_threads(c.h2_groups, c.stream_buf_stagers);
     c.h2_smem_bytes = stream_smem_bytes(1, 1);
     c.h2_blocks = stream_blocks(static_cast<std::int64_t>(chunks) * units, sm_count);
+    c.stream_quantiles =
+        stream_quantiles_apply(static_cast<std::int64_t>(chunks) * units, c.h2_blocks);
   }
   // One workspace for any of the kernels (each: n f32 partials and a counter per chunk).
   if (c.splits > 1 || c.h2_splits > 1 || c.stream_h2)
@@ -334,6 +340,7 @@ QlinearConfig select_stream_config(int m, int n, int k, int sm_count) {
   const int chunks = n / kStreamRows;
   const std::int64_t chunk_units = static_cast<std::int64_t>(chunks) * ceil_div(k, 32);
   c.grid_x = stream_blocks(chunk_units, sm_count);
+  c.stream_quantiles = stream_quantiles_apply(chunk_units, c.grid_x);
   c.grid_y = 1;
   c.units_per_split = static_cast<int>((chunk_units + c.grid_x - 1) / c.grid_x);  // (a share)
   c.smem_bytes = stream_smem_bytes(m, c.tok_tiles);
@@ -463,10 +470,6 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
   c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
   c.fence_all = g_fence_all;
-  const std::int64_t chunk_units = static_cast<std::int64_t>(ceil_div(n, gs)) * ceil_div(k, 32);
-  const int blocks = c.stream ? c.grid_x : (c.stream_h2 ? c.h2_blocks : 0);
-  c.stream_quantiles = g_stream_quantiles && blocks > 0 &&
-                       chunk_units >= g_stream_quantile_min_units * blocks;
   return c;
 }
 

@@ -296,9 +296,10 @@ __global__ void __launch_bounds__(stream_threads(kGroups, kStreamMaxBufStagers),
   // kernel drains, then every role waits for it (the producer too: the TMA would read words a
   // previous kernel may still write). The prefetch goes to the block's equal share of the units
   // (exact without quantiles, near the cut with them) and, with quantiles, to the table entries
-  // the block's cut reads after the wait. (Session 17's first version read the table here to
-  // place the prefetch at the cut: two dependent reads before every block's wait; it measured
-  // 2-3 us slower than equal units on the 7B shapes at 16 tokens, RESULTS.md.)
+  // the block's cut reads after the wait. (Session 17's first version also read the table here,
+  // to place the prefetch at the cut: two dependent reads before every block's wait. It and
+  // this version were both 1-3 us slower than equal units on the 7B shapes at 16 tokens, so the
+  // table is used on larger blocks only: select_config.cu, RESULTS.md session 17.)
   if (tid == 0) {
     const std::int64_t guess = total * blockIdx.x / gridDim.x;
     const std::int64_t left = total * (blockIdx.x + 1) / gridDim.x - guess;

@@ -484,10 +484,11 @@ def _check_work_quantiles(work_quantiles: torch.Tensor, depth: torch.Tensor) -> 
             and not is_fake(work_quantiles)):
         total = depth.numel()
         q = work_quantiles.to(torch.int64)
-        if int(q[0]) != 0 or int(q[-1]) != total or bool((q[1:] < q[:-1]).any()):
+        falls = bool((q[1:] < q[:-1]).any())
+        if int(q[0]) != 0 or int(q[-1]) != total or falls:
             raise ValueError(f"work_quantiles must rise from 0 to the layer's {total} units "
                              f"(C x U, from prepare()), got {q[0].item()} .. {q[-1].item()}"
-                             + (" not non-decreasing" if bool((q[1:] < q[:-1]).any()) else ""))
+                             + (" not non-decreasing" if falls else ""))
 
 
 def prepare(*, qweight: torch.Tensor, scale: torch.Tensor, loc: torch.Tensor,
