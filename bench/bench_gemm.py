@@ -219,7 +219,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         stream_groups=(), stream_stagers=(), stream_blocks=(), compare_h2: bool = False,
         h2_groups=(), compare_launch: bool = False, compare_fence: bool = False,
         depth_orders=("random",), compare_quantiles: bool = False,
-        unit_weights=()) -> None:
+        unit_weights=(), compare_defer: bool = False) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     default_h2 = _cuda.gemv_h2_min_chunk_units()  # f16 one-token calls on the half2 kernel
     default_stream_h2 = _cuda.stream_h2()  # ... or on the stream kernel's half2 consumers
@@ -341,34 +341,43 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     # three launches, with --compare-fence the fences before session 15 and with
                     # --compare-quantiles the stream ranges at equal unit counts, labelled by
                     # what differs
-                    modes = [(default_pdl, True, False, True)]
+                    modes = [(default_pdl, True, False, True, False)]
                     if compare_launch and tokens <= 16:
-                        modes += [(default_pdl, False, False, True),
-                                  (not default_pdl, True, False, True),
-                                  (not default_pdl, False, False, True)]
+                        modes += [(default_pdl, False, False, True, False),
+                                  (not default_pdl, True, False, True, False),
+                                  (not default_pdl, False, False, True, False)]
                     if compare_fence and tokens <= 64:
-                        modes += [(default_pdl, True, True, True)]
+                        modes += [(default_pdl, True, True, True, False)]
+                    # --compare-defer: the K split's output by a kernel after the grid
+                    # (set_defer_output), only where gemv or hgemv split the layer
+                    cfg = _cuda.config(tokens, n, k, GS) if tokens <= 64 else {}
+                    splits = cfg.get("h2_splits" if kernel == "gemv_h2" else "splits", 1)
+                    if compare_defer and kernel in ("gemv", "gemv_h2") and splits > 1:
+                        modes += [(default_pdl, True, False, True, True)]
                     # (only where the call uses the table: elsewhere /equal would time the same
                     # kernel again)
                     uses_table = (kernel in ("stream", "stream_h2") and tokens <= 64
                                   and _cuda.config(tokens, n, k, GS)["stream_quantiles"])
                     if compare_quantiles and uses_table:
-                        modes += [(default_pdl, True, False, False)]
+                        modes += [(default_pdl, True, False, False, False)]
                     timed = []
                     if runs == kernel:
-                        for pdl, kept, fence_all, quantiles in modes:
+                        for pdl, kept, fence_all, quantiles, defer in modes:
                             _cuda.set_pdl(pdl)
                             _cuda.set_fence_all(fence_all)
                             _cuda.set_stream_quantiles(quantiles, default_quantiles[1])
+                            _cuda.set_defer_output(defer)
                             label = "+".join(([] if pdl == default_pdl else
                                               ["pdl" if pdl else "nopdl"])
                                              + ([] if kept else ["memset"])
                                              + (["fenceall"] if fence_all else [])
-                                             + ([] if quantiles else ["equal"]))
+                                             + ([] if quantiles else ["equal"])
+                                             + (["defer"] if defer else []))
                             timed.append((path + (f"/{label}" if label else ""),
                                           time_graph(radio_calls if kept else fresh_calls)))
                         _cuda.set_pdl(default_pdl)
                         _cuda.set_fence_all(False)
+                        _cuda.set_defer_output(False)
                         _cuda.set_stream_quantiles(*default_quantiles)
                         if uses_table:
                             # --unit-weights: the layers' tables rebuilt at other unit weights
@@ -491,6 +500,10 @@ def main() -> None:
                          "dependent launch the other way (/pdl or /nopdl: set_pdl), with a fresh "
                          "workspace zeroed by a memset node per call instead of the layer's kept "
                          "one (/memset), and both")
+    ap.add_argument("--compare-defer", action="store_true",
+                    help="gemv / hgemv rows whose layer is K-split: also time them with the "
+                         "split's output written by a kernel after the grid (/defer: "
+                         "set_defer_output; bench/KERNELS.md session 18)")
     ap.add_argument("--compare-fence", action="store_true",
                     help="up to 64 tokens: also time every row's kernel with the K split's end "
                          "as before session 15, every thread fencing (/fenceall: set_fence_all)")
@@ -528,7 +541,7 @@ def main() -> None:
         args.compare_small, args.compare_fmma, args.compare_stream, args.stream_stagers,
         args.stream_blocks, args.compare_h2, args.h2_groups, args.compare_launch,
         args.compare_fence, args.depth_orders, args.compare_quantiles,
-        args.unit_weights)
+        args.unit_weights, args.compare_defer)
     print(f"total {time.time() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:

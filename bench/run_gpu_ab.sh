@@ -6,6 +6,8 @@
 # PROFILE=1 adds ncu stall reasons, the L1 throughput breakdown and shared-memory wavefronts of the
 # 1-token gemv and 16-token qmma kernels (49152x12288 at NCU_BPW, default 4.0); DECODE=1 adds the
 # end-to-end batch-1 decode benchmark (bench_decode.py: SmolLM2 and Llama-2-7B shapes).
+# AB_BENCH_ARGS replaces the benchmark's arguments (default "--quick --no-prefill --tokens 1 4 8
+# 16"), AB_BENCH_TIMEOUT its time limit per build (default 120 s).
 # Each patch names the commit it applies to; one made against an older main may not apply.
 # Usage (repository root, .deps carried): [TESTS=1] [PROFILE=1] bash bench/run_gpu_ab.sh PATCH...
 set -uo pipefail
@@ -31,7 +33,9 @@ measure() {  # $1: name of the build installed now
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_ops.py > "$OUT/tests_$1.log" 2>&1
     echo "tests ($1): $(tail -1 "$OUT/tests_$1.log")"
   fi
-  timeout 120 python3 bench/bench_gemm.py --quick --no-prefill --tokens 1 4 8 16 \
+  # shellcheck disable=SC2086  # AB_BENCH_ARGS is a word list
+  timeout "${AB_BENCH_TIMEOUT:-120}" python3 bench/bench_gemm.py \
+    ${AB_BENCH_ARGS:---quick --no-prefill --tokens 1 4 8 16} \
     --json "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
   grep -E "^device|^ *[0-9]+x[0-9]+|FAIL|disagrees" "$OUT/bench_$1.log"
   if [ -n "${DECODE:-}" ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: build radio, then ncu (stall reasons, scheduler, memory, occupancy) of the
-# qlinear kernels on 49152x12288 at NCU_BPW (default 4.0) for the token counts NCU_TOKENS
+# qlinear kernels on NCU_SHAPE (N x K, default 49152x12288) at NCU_BPW (default 4.0) for the token counts NCU_TOKENS
 # (default "1 16"), with the fmma kernel taking 1..FMMA tokens (default 32; FMMA=0: off).
 # STREAM=N: the stream kernel takes 1..N tokens on any layer (sm_90; 0: off; unset: the library's
 # default, 4..16 tokens on layers of >= 4096 chunk-units), with STREAM_GROUPS (2).
@@ -32,13 +32,14 @@ if "${STREAM:-}":
 _cuda.set_stream_groups(${STREAM_GROUPS:-2})
 if "${STREAM_H2:-}":
     _cuda.set_stream_h2(0, int("${STREAM_H2:-2}"))
-layer = make_layer(49152, 12288, ${NCU_BPW:-4.0}, seed=1)
+n, k = (int(v) for v in "${NCU_SHAPE:-49152x12288}".split("x"))
+layer = make_layer(n, k, ${NCU_BPW:-4.0}, seed=1)
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
-    ops.qlinear(torch.randn(tokens, 12288, device="cuda").half(), **layer)
+    ops.qlinear(torch.randn(tokens, k, device="cuda").half(), **layer)
     if tokens == 1 and "${H2_BOTH:-}":  # one token on gemv too (the half2 kernel is the default)
         before = _cuda.gemv_h2_min_chunk_units()
         _cuda.set_gemv_h2_min_chunk_units(-1)
-        ops.qlinear(torch.randn(1, 12288, device="cuda").half(), **layer)
+        ops.qlinear(torch.randn(1, k, device="cuda").half(), **layer)
         _cuda.set_gemv_h2_min_chunk_units(before)
 torch.cuda.synchronize()
 PY

@@ -32,6 +32,9 @@ struct DecodeParams {
   int units_per_split, splits;
   std::int64_t qweight_words;       // qweight's length; -1: unknown (pdl.cuh's prefetch skipped)
   int fence_all;  // the K split's end as before session 15 (set_fence_all: benchmark A/B only)
+  // The K split's output by finalize_kernel.cuh after the grid (set_defer_output): blocks only
+  // add their partials and leave (no counter, no last block).
+  int defer_output;
 };
 
 // Depths and word offsets of the block's n_units units (unit index chunk_unit0 on) into shared

@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(128) gemv_kernel(const GemvParams p) {
         if (t < m) atomicAdd(p.workspace + prow * kTokens + t, (h == 0 ? acc_a[t] : acc_b[t]) + s_term[t]);
     }
   }
-  if (p.splits == 1) return;
+  if (p.splits == 1 || p.defer_output) return;
 
   write_k_split_rows<Act>(p.counters + chunk, p.splits, &s_is_last, p.workspace, kTokens, rows_c, m,
                           perm_row0, p.row_perm, p.bias, y, p.n, tid, nthreads, p.fence_all);

@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(128 * kGroups, 4) hgemv_kernel(const HgemvPara
       }
     }
   }
-  if (p.splits == 1) return;
+  if (p.splits == 1 || p.defer_output) return;
   write_k_split_rows<__half>(p.counters + chunk, p.splits, &s_is_last, p.workspace, 1, rows_c, 1,
                              perm_row0, p.row_perm, p.bias, static_cast<__half*>(p.y), p.n, tid,
                              nthreads, p.fence_all);

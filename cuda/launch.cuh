@@ -10,6 +10,7 @@
 
 #include "common.cuh"
 #include "dequant_kernel.cuh"
+#include "finalize_kernel.cuh"
 #include "fmma_kernel.cuh"
 #include "gemv_kernel.cuh"
 #include "hgemv_kernel.cuh"
@@ -37,6 +38,15 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, int 
   cfg.attrs = &attr;
   cfg.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+// The deferred K-split output (finalize_kernel.cuh) after a gemv or hgemv grid: with PDL it may be
+// scheduled as the decode blocks leave and waits for all of them.
+template <typename Act>
+cudaError_t launch_finalize(const FinalizeParams& p, bool pdl, cudaStream_t stream) {
+  const std::int64_t outputs = static_cast<std::int64_t>(p.n) * p.m;
+  const dim3 grid(static_cast<unsigned>((outputs + kFinalizeThreads - 1) / kFinalizeThreads));
+  return launch_kernel(finalize_rows_kernel<Act>, grid, dim3(kFinalizeThreads), 0, stream, pdl, p);
 }
 
 template <typename Act, Quant kQ, int kTokTiles>

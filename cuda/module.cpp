@@ -279,6 +279,12 @@ PYBIND11_MODULE(_cuda, m) {
         "Benchmark A/B: end the decode kernels' K split as before session 15, every thread "
         "fencing before the block's count (default False: one fence, by the counting thread).");
   m.def("fence_all", &radio::cuda::fence_all, "The current set_fence_all value.");
+  m.def("set_defer_output", &radio::cuda::set_defer_output, py::arg("on"),
+        "Benchmark A/B and tests: gemv and hgemv calls with a K split end their blocks at the "
+        "partial sums' atomics and write y by a second kernel after the grid "
+        "(finalize_kernel.cuh), instead of a counter per chunk and its last block (default "
+        "False: not measured yet).");
+  m.def("defer_output", &radio::cuda::defer_output, "The current set_defer_output value.");
   m.def(
       "set_stream_quantiles",
       [](bool on, std::int64_t min_block_units) {
@@ -329,6 +335,7 @@ PYBIND11_MODULE(_cuda, m) {
         d["workspace_bytes"] = c.workspace_bytes;
         d["pdl"] = c.pdl;
         d["fence_all"] = c.fence_all;
+        d["defer_output"] = c.defer_output;
         d["stream_quantiles"] = c.stream_quantiles;
         return d;
       },

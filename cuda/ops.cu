@@ -153,11 +153,31 @@ std::string prepare_xt(P& p, std::uintptr_t x, int m, int k, std::uintptr_t work
 
 // The gemv and qmma launches (fmma: launch_fmma_as) for one activation type: x staged
 // (transposed) first, then the kernel; qmma's table in its mma type (f16 for f32 activations).
+// After a gemv or hgemv grid whose blocks deferred the K split's output (p.defer_output): the
+// kernel that writes y from the workspace (finalize_kernel.cuh); partials of permuted row r and
+// token t at workspace[r * ws_stride + t].
+template <typename Act>
+std::string finalize_deferred(const DecodeParams& p, int ws_stride, const QlinearConfig& c,
+                              cudaStream_t s) {
+  if (!p.defer_output) return {};
+  FinalizeParams f{};
+  f.workspace = p.workspace;
+  f.row_perm = p.row_perm;
+  f.bias = p.bias;
+  f.y = p.y;
+  f.n = p.n;
+  f.m = p.m;
+  f.ws_stride = ws_stride;
+  return cuda_error(launch_finalize<Act>(f, c.pdl, s), "finalize launch");
+}
+
 template <typename Act>
 std::string launch_gemv_as(GemvParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
                            std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
   if (std::string err = prepare_xt<Act>(p, x, m, layer.k, workspace, c, s); !err.empty()) return err;
-  return cuda_error(launch_gemv<Act>(p, c, s), "gemv launch");
+  p.defer_output = c.defer_output && p.splits > 1;
+  if (std::string err = cuda_error(launch_gemv<Act>(p, c, s), "gemv launch"); !err.empty()) return err;
+  return finalize_deferred<Act>(p, c.gemv_tokens, c, s);
 }
 
 template <typename Act>
@@ -275,9 +295,11 @@ std::string hgemv(std::uintptr_t x, const LayerPtrs& layer, std::uintptr_t y,
   if (std::string err = prepare_call(p, x, 1, layer, y, workspace, ws_zeroed, c, s); !err.empty()) return err;
   p.units_per_split = c.h2_units_per_split;
   p.splits = c.h2_splits;
+  p.defer_output = c.defer_output && p.splits > 1;
   copy_tables16<__half>(p, layer.quantizer);
   p.xt = reinterpret_cast<const void*>(x);
-  return cuda_error(launch_hgemv(p, c, s), "hgemv launch");
+  if (std::string err = cuda_error(launch_hgemv(p, c, s), "hgemv launch"); !err.empty()) return err;
+  return finalize_deferred<__half>(p, 1, c, s);
 }
 
 // One token, f16 activations, where the config allows it: the stream kernel with half2

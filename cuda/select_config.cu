@@ -170,6 +170,7 @@ int g_stream_h2_groups = 2;
 // 63.4, 11008x4096 22.4 against 23.6, 4096x4096 12.8 against 13.4.
 bool g_pdl = true;
 bool g_fence_all = false;  // set_fence_all: benchmark A/B only
+bool g_defer_output = false;  // set_defer_output: not measured yet (bench/KERNELS.md session 18)
 // The stream kernel cuts its blocks' ranges at the layer's work quantiles (when the call has
 // them) on layers whose blocks get at least g_stream_quantile_min_units flattened units each.
 // Why (RESULTS.md session 17, H200, 16 tokens, radio.quantize's depth order): 8192x28672
@@ -470,6 +471,7 @@ QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
   c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
   c.fence_all = g_fence_all;
+  c.defer_output = g_defer_output && c.gemv;  // gemv and hgemv (ops.cu: where they K-split)
   return c;
 }
 
@@ -477,6 +479,8 @@ void set_pdl(bool on) { g_pdl = on; }
 bool pdl_enabled() { return g_pdl; }
 void set_fence_all(bool on) { g_fence_all = on; }
 bool fence_all() { return g_fence_all; }
+void set_defer_output(bool on) { g_defer_output = on; }
+bool defer_output() { return g_defer_output; }
 void set_stream_quantiles(bool on, std::int64_t min_block_units) {
   g_stream_quantiles = on;
   g_stream_quantile_min_units = min_block_units;

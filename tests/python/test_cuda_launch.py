@@ -9,7 +9,10 @@
   previous one ends);
 - the K split's end (one fence per block, by the counting thread: block_units.cuh
   count_block_done): many calls back to back on layers of many blocks per chunk stay exact, and
-  the benchmark's A/B knob set_fence_all (the fences before session 15) stays correct.
+  the benchmark's A/B knob set_fence_all (the fences before session 15) stays correct;
+- the K split's output deferred to a kernel after the grid (set_defer_output,
+  finalize_kernel.cuh): correct, every output written, the kept workspace zero again, with PDL on
+  and off and in CUDA graphs of layers back to back.
 
 Oracle: the float64 weight of test_ops.random_layer, budgets of test_cuda_ops.
 """
@@ -23,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 # (pytestmark: test_cuda_ops's marks and skips, without a GPU or the kernels)
-from test_cuda_ops import BUDGET, _layer, pytestmark  # noqa: E402,F401
+from test_cuda_ops import BUDGET, _check_poisoned_output, _layer, pytestmark  # noqa: E402,F401
 from test_ops import reference_y, rel_err  # noqa: E402
 
 from radio import ops  # noqa: E402
@@ -35,9 +38,11 @@ def knobs():
     """Restores every routing and launch knob these tests set."""
     h2, stream_h2, pdl = _cuda.gemv_h2_min_chunk_units(), _cuda.stream_h2(), _cuda.pdl()
     stream, fence_all = _cuda.stream_tokens(), _cuda.fence_all()
+    defer = _cuda.defer_output()
     try:
         yield
     finally:
+        _cuda.set_defer_output(defer)
         _cuda.set_fence_all(fence_all)
         _cuda.set_gemv_h2_min_chunk_units(h2)
         _cuda.set_stream_h2(*stream_h2)
@@ -166,6 +171,27 @@ def test_pdl_on_and_off_agree(kernel, knobs):
         assert (outs[0].float() - outs[1].float()).abs().max().item() <= 2e-3 * scale
 
 
+def _graph_and_eager(chain, static_x, knob):
+    """`chain` (a function of one-token x returning its outputs) captured in a CUDA graph after
+    a warm-up, replayed on two fresh inputs; yields (seed, x0, the graph's outputs, the same
+    chain computed eagerly with knob(False)), the knob set back to True after each."""
+    chain(static_x)  # warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_outs = chain(static_x)
+    for seed in range(2):
+        x0 = torch.randn(1, static_x.shape[1], generator=torch.Generator().manual_seed(seed))
+        x0 = x0.half().cuda()
+        static_x.copy_(x0)
+        graph.replay()
+        torch.cuda.synchronize()
+        knob(False)
+        eager = chain(x0)
+        knob(True)
+        yield seed, x0, static_outs, eager
+
+
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_h2", "stream_h2"])
 def test_graph_of_layers_back_to_back(kernel, knobs):
     """A CUDA graph of 6 one-token calls on 3 layers, each call's x the previous call's y (every
@@ -187,19 +213,7 @@ def test_graph_of_layers_back_to_back(kernel, knobs):
             outs.append(x)
         return outs
 
-    chain(static_x)  # warm up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_outs = chain(static_x)
-    for seed in range(2):
-        x0 = torch.randn(1, 1024, generator=torch.Generator().manual_seed(seed)).half().cuda()
-        static_x.copy_(x0)
-        graph.replay()
-        torch.cuda.synchronize()
-        _cuda.set_pdl(False)
-        eager = chain(x0)
-        _cuda.set_pdl(True)
+    for seed, x0, static_outs, eager in _graph_and_eager(chain, static_x, _cuda.set_pdl):
         x = x0
         for step, (got, want) in enumerate(zip(static_outs, eager)):
             layer, w64 = layers[step % 3]
@@ -329,3 +343,68 @@ def test_one_token_waves_rule():
     assert mid["splits"] * 43 <= 2 * sms * 8, mid  # about one wave of 8 blocks per SM
     assert two["splits"] == old_two["splits"]  # more tokens: unchanged
     assert big["splits"] == old_big["splits"]  # larger layers: unchanged
+
+
+@pytest.mark.parametrize("kernel,n,k,gs", [("gemv", 1000, 1100, 256), ("gemv", 517, 333, 64),
+                                           ("gemv_h2", 1024, 4000, 256),
+                                           ("gemv_h2", 4096, 11008, 256)])
+@pytest.mark.parametrize("pdl", [True, False])
+def test_deferred_output(kernel, n, k, gs, pdl, knobs):
+    """set_defer_output: the K-split blocks of gemv / hgemv only add their partials and a second
+    kernel writes y after the grid. Three one-token calls on the kept workspace (f16, and bf16
+    on gemv): each correct, equal to the last-block output within the f32 atomics' order, the
+    workspace zero after each; then two tokens (gemv, a fresh workspace) with y poisoned."""
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90")
+    _route(kernel)
+    _cuda.set_pdl(pdl)
+    layer, w64 = _layer(n, k, gs, 1, seed=n + k + 5)
+    assert _one_token_kernel(layer) == kernel
+    ws, bias = layer["workspace"], layer["bias"].cpu()
+    gen = torch.Generator().manual_seed(n)
+    for dtype in ((torch.float16, torch.bfloat16) if kernel == "gemv" else (torch.float16,)):
+        for call in range(3):
+            x = torch.randn(1, k, generator=gen).to(dtype).cuda()
+            _cuda.set_defer_output(False)
+            want = ops.qlinear(x, **layer)
+            _cuda.set_defer_output(True)
+            cfg = _cuda.config(1, n, k, gs)
+            assert cfg["defer_output"] and max(cfg["splits"], cfg["h2_splits"]) > 1, cfg
+            y = ops.qlinear(x, **layer)
+            torch.cuda.synchronize()
+            assert int(ws.count_nonzero()) == 0, (dtype, call, "workspace not zero")
+            assert rel_err(y, reference_y(x, w64, bias)) < BUDGET[dtype], (dtype, call)
+            scale = want.float().abs().max().item()
+            assert (y.float() - want.float()).abs().max().item() <= 4e-3 * scale, (dtype, call)
+    if kernel == "gemv":  # two tokens (workspace stride 2), every element of a NaN y written
+        assert _check_poisoned_output((layer, w64), 2, "gemv")["defer_output"]
+
+
+def test_deferred_output_in_a_graph_of_layers(knobs):
+    """The deferred output in a CUDA graph of 6 one-token hgemv calls on 3 layers, each call's x
+    the previous call's y (the finalize kernel's y is the next decode kernel's x: PDL's wait
+    must cover it), replayed on fresh inputs against the eager chain without it."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90")
+    _route("gemv_h2")
+    _cuda.set_pdl(True)
+    layers = [_layer(1024, 4096, 256, q, seed=60 + i) for i, q in enumerate((0, 1, 0))]
+    static_x = torch.zeros(1, 4096, dtype=torch.float16, device="cuda")
+    widen = torch.randn(1024, 4096, generator=torch.Generator().manual_seed(1)).half().cuda()
+
+    def chain(x):
+        outs = []
+        for step in range(6):
+            y = ops.qlinear(x, **layers[step % 3][0])
+            outs.append(y)
+            x = (y @ widen) / 32.0  # back to 4096 inputs, about unit scale
+        return outs
+
+    _cuda.set_defer_output(True)
+    for seed, _, static_outs, eager in _graph_and_eager(chain, static_x,
+                                                         _cuda.set_defer_output):
+        for step, (got, want) in enumerate(zip(static_outs, eager)):
+            scale = want.float().abs().max().item()
+            assert (got.float() - want.float()).abs().max().item() <= 8e-3 * scale, (seed, step)
+        for layer, _ in layers:
+            assert int(layer["workspace"].count_nonzero()) == 0

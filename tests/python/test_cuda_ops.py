@@ -475,6 +475,23 @@ def test_hgemv_sanitize_small(h2_on):
                           ((1, torch.float16),), 95)
 
 
+@pytest.mark.parametrize("h2", [True, False])
+def test_deferred_output_sanitize_small(h2):
+    """Small gemv / hgemv launches with the K split's output deferred to the finalize kernel
+    (set_defer_output; run under compute-sanitizer by the device script)."""
+    before = (_cuda.defer_output(), _cuda.gemv_h2_min_chunk_units(), _cuda.stream_h2())
+    _cuda.set_defer_output(True)
+    _cuda.set_gemv_h2_min_chunk_units(0 if h2 else -1)
+    _cuda.set_stream_h2(-1)
+    try:
+        _check_small_launches(((300, 77, 128), (1000, 1100, 256), (517, 333, 64), (37, 33, 256)),
+                              ((1, torch.float16), (2, torch.bfloat16), (1, torch.float32)), 97)
+    finally:
+        _cuda.set_defer_output(before[0])
+        _cuda.set_gemv_h2_min_chunk_units(before[1])
+        _cuda.set_stream_h2(*before[2])
+
+
 # last: the error paths of the raw entry point
 def test_bad_arguments_raise_value_error():
     layer, _ = _layer(300, 77, 128, 0, seed=7)
