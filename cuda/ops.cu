@@ -151,8 +151,6 @@ std::string prepare_xt(P& p, std::uintptr_t x, int m, int k, std::uintptr_t work
                     "transpose_x launch");
 }
 
-// The gemv and qmma launches (fmma: launch_fmma_as) for one activation type: x staged
-// (transposed) first, then the kernel; qmma's table in its mma type (f16 for f32 activations).
 // After a gemv or hgemv grid whose blocks deferred the K split's output (p.defer_output): the
 // kernel that writes y from the workspace (finalize_kernel.cuh); partials of permuted row r and
 // token t at workspace[r * ws_stride + t].
@@ -171,6 +169,9 @@ std::string finalize_deferred(const DecodeParams& p, int ws_stride, const Qlinea
   return cuda_error(launch_finalize<Act>(f, c.pdl, s), "finalize launch");
 }
 
+// The gemv and qmma launches (fmma: launch_fmma_as) for one activation type: x staged
+// (transposed) first, then the kernel (gemv: and the deferred output's kernel after it); qmma's
+// table in its mma type (f16 for f32 activations).
 template <typename Act>
 std::string launch_gemv_as(GemvParams& p, std::uintptr_t x, int m, const LayerPtrs& layer,
                            std::uintptr_t workspace, const QlinearConfig& c, cudaStream_t s) {
