@@ -203,6 +203,10 @@ def main(argv=None) -> int:
                         "launched as before session 14 (radio-old: no PDL and a fresh "
                         "workspace zeroed by a memset per layer call, the layers' kept "
                         "workspaces set aside)")
+    p.add_argument("--compare-defer", action="store_true",
+                   help="also time each radio model with the K split's output written by a "
+                        "kernel after the grid (radio-defer: radio._cuda.set_defer_output; "
+                        "bench/KERNELS.md session 18)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -228,19 +232,23 @@ def main(argv=None) -> int:
             from radio._ext import _cuda
             default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
             default_pdl = _cuda.pdl()
-            # (label, fmma token range, programmatic dependent launch, kept workspaces)
-            variants = [("radio", default_fmma, default_pdl, True)]
+            # (label, fmma token range, programmatic dependent launch, kept workspaces,
+            # deferred K-split output)
+            variants = [("radio", default_fmma, default_pdl, True, False)]
             if args.compare_fmma:
                 one_on = default_fmma[0] <= 1 <= default_fmma[1]
-                variants.append(("radio-nofmma", (1, 0, 0), default_pdl, True) if one_on
-                                else ("radio-fmma", (1, 32, 32), default_pdl, True))
+                variants.append(("radio-nofmma", (1, 0, 0), default_pdl, True, False) if one_on
+                                else ("radio-fmma", (1, 32, 32), default_pdl, True, False))
             if args.compare_launch:
                 variants.append(("radio-nopdl" if default_pdl else "radio-pdl", default_fmma,
-                                 not default_pdl, True))
-                variants.append(("radio-old", default_fmma, False, False))
-            for label, fmma_range, pdl, keep in variants:
+                                 not default_pdl, True, False))
+                variants.append(("radio-old", default_fmma, False, False, False))
+            if args.compare_defer:
+                variants.append(("radio-defer", default_fmma, default_pdl, True, True))
+            for label, fmma_range, pdl, keep, defer in variants:
                 _cuda.set_fmma_tokens(*fmma_range)
                 _cuda.set_pdl(pdl)
+                _cuda.set_defer_output(defer)
                 kept = {mod: mod.workspace for mod in model.modules()
                         if isinstance(mod, RadioLinear)}
                 if not keep:
@@ -251,6 +259,7 @@ def main(argv=None) -> int:
                 finally:
                     _cuda.set_fmma_tokens(*default_fmma)
                     _cuda.set_pdl(default_pdl)
+                    _cuda.set_defer_output(False)
                     for mod, ws in kept.items():
                         mod.workspace = ws
                 rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,
