@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build radio, then ncu (stall reasons, scheduler, memory, occupancy) of the
-# qlinear kernels on NCU_SHAPE (N x K, default 49152x12288) at NCU_BPW (default 4.0) for the token counts NCU_TOKENS
-# (default "1 16"), with the fmma kernel taking 1..FMMA tokens (default 32; FMMA=0: off).
+# qlinear kernels on NCU_SHAPE (N x K, default 49152x12288) at NCU_BPW (default 4.0) for the
+# token counts NCU_TOKENS (default "1 16"), with the fmma kernel taking 1..FMMA tokens (default
+# 32; FMMA=0: off).
 # STREAM=N: the stream kernel takes 1..N tokens on any layer (sm_90; 0: off; unset: the library's
 # default, 4..16 tokens on layers of >= 4096 chunk-units), with STREAM_GROUPS (2).
 # NCU_SOURCE=1 adds executed instructions and stall samples per SASS instruction of the kernel
