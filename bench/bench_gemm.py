@@ -334,10 +334,11 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                         _cuda.set_gemv_max_tokens(
                             8 if kernel in ("gemv", "gemv_h2", "stream_h2") else 0)
                     # the row is labelled with the kernel that runs, or not timed
-                    runs = path_name(_cuda.config(tokens, n, k, GS)) if tokens <= 64 else path
+                    cfg = _cuda.config(tokens, n, k, GS) if tokens <= 64 else {}
+                    runs = path_name(cfg) if cfg else path
                     # (programmatic dependent launch, kept workspace, every thread fencing at
                     # the K split's end, the stream kernel's ranges at the layer's work
-                    # quantiles): the default launch first, then with --compare-launch the other
+                    # quantiles, the K split's output deferred): the default launch first, then with --compare-launch the other
                     # three launches, with --compare-fence the fences before session 15 and with
                     # --compare-quantiles the stream ranges at equal unit counts, labelled by
                     # what differs
@@ -350,14 +351,13 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                         modes += [(default_pdl, True, True, True, False)]
                     # --compare-defer: the K split's output by a kernel after the grid
                     # (set_defer_output), only where gemv or hgemv split the layer
-                    cfg = _cuda.config(tokens, n, k, GS) if tokens <= 64 else {}
                     splits = cfg.get("h2_splits" if kernel == "gemv_h2" else "splits", 1)
                     if compare_defer and kernel in ("gemv", "gemv_h2") and splits > 1:
                         modes += [(default_pdl, True, False, True, True)]
                     # (only where the call uses the table: elsewhere /equal would time the same
                     # kernel again)
-                    uses_table = (kernel in ("stream", "stream_h2") and tokens <= 64
-                                  and _cuda.config(tokens, n, k, GS)["stream_quantiles"])
+                    uses_table = (kernel in ("stream", "stream_h2")
+                                  and cfg.get("stream_quantiles", False))
                     if compare_quantiles and uses_table:
                         modes += [(default_pdl, True, False, False, False)]
                     timed = []

@@ -81,6 +81,20 @@ __device__ __forceinline__ PositionMeta<kStage> load_position_meta(const DecodeP
   return m;
 }
 
+// One output from its summed partial: y[t, row_perm[prow]] = partial + bias, and the partial
+// zeroed again (a kept workspace stays zero between calls). Shared by the chunk's last block
+// (write_k_split_rows, stream_consume.cuh's stream_complete_chunk) and the deferred output's
+// kernel (finalize_kernel.cuh).
+template <typename Act>
+__device__ __forceinline__ void write_row_output(float* partial, std::int64_t prow, int t,
+                                                 const std::int32_t* row_perm,
+                                                 const __half* bias, Act* y, int n) {
+  const int orig = row_perm[prow];
+  const float b = bias ? __half2float(bias[orig]) : 0.f;
+  y[static_cast<std::int64_t>(t) * n + orig] = from_float<Act>(__ldcg(partial) + b);
+  __stcg(partial, 0.f);
+}
+
 // The block's arrival at its chunk's counter, by one thread after the block's barrier: a release
 // fence (covering the block's partial sums, ordered before it by the barrier), the count of
 // `add` out of `total`, and on the block that completes it an acquire fence (the other blocks'
@@ -123,11 +137,7 @@ __device__ __forceinline__ void write_k_split_rows(int* counter, int splits, int
   for (int i = tid; i < rows_c * m; i += nthreads) {
     const int row = i / m, t = i % m;
     const std::int64_t prow = perm_row0 + row;
-    const int orig = row_perm[prow];
-    const float b = bias ? __half2float(bias[orig]) : 0.f;
-    float* partial = ws + prow * ws_stride + t;
-    y[static_cast<std::int64_t>(t) * n + orig] = from_float<Act>(__ldcg(partial) + b);
-    __stcg(partial, 0.f);
+    write_row_output(ws + prow * ws_stride + t, prow, t, row_perm, bias, y, n);
   }
   if (tid == 0) *counter = 0;
 }

@@ -18,7 +18,7 @@
 
 #include <cstdint>
 
-#include "common.cuh"
+#include "block_units.cuh"  // write_row_output
 #include "pdl.cuh"
 
 namespace radio::cuda {
@@ -46,12 +46,8 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_rows_kernel(const F
   if (i >= static_cast<std::int64_t>(p.n) * p.m) return;
   const std::int64_t row = i / p.m;
   const int t = static_cast<int>(i - row * p.m);
-  const int orig = p.row_perm[row];
-  const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
-  float* partial = p.workspace + row * p.ws_stride + t;
-  static_cast<Act*>(p.y)[static_cast<std::int64_t>(t) * p.n + orig] =
-      from_float<Act>(__ldcg(partial) + b);
-  __stcg(partial, 0.f);
+  write_row_output(p.workspace + row * p.ws_stride + t, row, t, p.row_perm, p.bias,
+                   static_cast<Act*>(p.y), p.n);
 }
 
 }  // namespace radio::cuda

@@ -54,11 +54,7 @@ __device__ __forceinline__ void stream_complete_chunk(const StreamParams& p, int
     for (int i = tid; i < kStreamRows * m; i += consumer_threads) {
       const int row = i / m, t = i - row * m;
       const std::int64_t prow = perm_row0 + row;
-      const int orig = p.row_perm[prow];
-      const float b = p.bias ? __half2float(p.bias[orig]) : 0.f;
-      float* partial = p.workspace + prow * m + t;
-      y[static_cast<std::int64_t>(t) * p.n + orig] = from_float<Act>(__ldcg(partial) + b);
-      __stcg(partial, 0.f);  // zero again, as write_k_split_rows (block_units.cuh)
+      write_row_output(p.workspace + prow * m + t, prow, t, p.row_perm, p.bias, y, p.n);
     }
     if (tid == 0) p.counters[chunk] = 0;
   }
