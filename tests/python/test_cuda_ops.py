@@ -646,7 +646,7 @@ def test_stream_quantiles_rule(stream_setting):
     g_stream_quantile_min_units); set_stream_quantiles' bounds and off switch."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the stream kernel needs sm_90 (TMA)")
-    grid = _cuda.config(16, 4096, 11008, 256)["grid_x"]
+    grid = _cuda.config(16, 4096, 11008, 256)["grid"][0]
     if not 44 <= grid <= 224:
         pytest.skip(f"the rule's two shapes fall on either side of it for 44..224 SMs, got {grid}")
     assert _cuda.config(16, 8192, 28672, 256)["stream_quantiles"]
