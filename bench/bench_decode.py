@@ -205,8 +205,9 @@ def main(argv=None) -> int:
                         "workspaces set aside)")
     p.add_argument("--compare-defer", action="store_true",
                    help="also time each radio model with the K split's output written by a "
-                        "kernel after the grid (radio-defer: radio._cuda.set_defer_output; "
-                        "bench/KERNELS.md session 18)")
+                        "kernel after the grid on every K-split gemv / hgemv layer "
+                        "(radio-defer) and on none (radio-nodefer), against the library's rule "
+                        "(radio: radio._cuda.set_defer_output; bench/KERNELS.md sessions 18-19)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -233,18 +234,19 @@ def main(argv=None) -> int:
             default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
             default_pdl = _cuda.pdl()
             # (label, fmma token range, programmatic dependent launch, kept workspaces,
-            # deferred K-split output)
-            variants = [("radio", default_fmma, default_pdl, True, False)]
+            # deferred K-split output: None is the library's rule)
+            variants = [("radio", default_fmma, default_pdl, True, None)]
             if args.compare_fmma:
                 one_on = default_fmma[0] <= 1 <= default_fmma[1]
-                variants.append(("radio-nofmma", (1, 0, 0), default_pdl, True, False) if one_on
-                                else ("radio-fmma", (1, 32, 32), default_pdl, True, False))
+                variants.append(("radio-nofmma", (1, 0, 0), default_pdl, True, None) if one_on
+                                else ("radio-fmma", (1, 32, 32), default_pdl, True, None))
             if args.compare_launch:
                 variants.append(("radio-nopdl" if default_pdl else "radio-pdl", default_fmma,
-                                 not default_pdl, True, False))
-                variants.append(("radio-old", default_fmma, False, False, False))
+                                 not default_pdl, True, None))
+                variants.append(("radio-old", default_fmma, False, False, None))
             if args.compare_defer:
                 variants.append(("radio-defer", default_fmma, default_pdl, True, True))
+                variants.append(("radio-nodefer", default_fmma, default_pdl, True, False))
             for label, fmma_range, pdl, keep, defer in variants:
                 _cuda.set_fmma_tokens(*fmma_range)
                 _cuda.set_pdl(pdl)
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
                 finally:
                     _cuda.set_fmma_tokens(*default_fmma)
                     _cuda.set_pdl(default_pdl)
-                    _cuda.set_defer_output(False)
+                    _cuda.set_defer_output(None)
                     for mod, ws in kept.items():
                         mod.workspace = ws
                 rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,

@@ -338,28 +338,30 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     runs = path_name(cfg) if cfg else path
                     # (programmatic dependent launch, kept workspace, every thread fencing at
                     # the K split's end, the stream kernel's ranges at the layer's work
-                    # quantiles, the K split's output deferred): the default launch first, then with --compare-launch the other
-                    # three launches, with --compare-fence the fences before session 15 and with
-                    # --compare-quantiles the stream ranges at equal unit counts, labelled by
-                    # what differs
-                    modes = [(default_pdl, True, False, True, False)]
+                    # quantiles, the K split's output deferred: None is the library's rule):
+                    # the default launch first, then with --compare-launch the other three
+                    # launches, with --compare-fence the fences before session 15, with
+                    # --compare-quantiles the stream ranges at equal unit counts and with
+                    # --compare-defer the output the other way, labelled by what differs
+                    modes = [(default_pdl, True, False, True, None)]
                     if compare_launch and tokens <= 16:
                         modes += [(default_pdl, False, False, True, False),
-                                  (not default_pdl, True, False, True, False),
-                                  (not default_pdl, False, False, True, False)]
+                                  (not default_pdl, True, False, True, None),
+                                  (not default_pdl, False, False, True, None)]
                     if compare_fence and tokens <= 64:
-                        modes += [(default_pdl, True, True, True, False)]
-                    # --compare-defer: the K split's output by a kernel after the grid
-                    # (set_defer_output), only where gemv or hgemv split the layer
+                        modes += [(default_pdl, True, True, True, None)]
+                    # --compare-defer: the K split's output the other way from the library's
+                    # rule (set_defer_output), only where gemv or hgemv split the layer
                     splits = cfg.get("h2_splits" if kernel == "gemv_h2" else "splits", 1)
                     if compare_defer and kernel in ("gemv", "gemv_h2") and splits > 1:
-                        modes += [(default_pdl, True, False, True, True)]
+                        modes += [(default_pdl, True, False, True,
+                                   not cfg.get("defer_output", False))]
                     # (only where the call uses the table: elsewhere /equal would time the same
                     # kernel again)
                     uses_table = (kernel in ("stream", "stream_h2")
                                   and cfg.get("stream_quantiles", False))
                     if compare_quantiles and uses_table:
-                        modes += [(default_pdl, True, False, False, False)]
+                        modes += [(default_pdl, True, False, False, None)]
                     timed = []
                     if runs == kernel:
                         for pdl, kept, fence_all, quantiles, defer in modes:
@@ -372,12 +374,13 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                                              + ([] if kept else ["memset"])
                                              + (["fenceall"] if fence_all else [])
                                              + ([] if quantiles else ["equal"])
-                                             + (["defer"] if defer else []))
+                                             + ([] if defer is None else
+                                                ["defer" if defer else "nodefer"]))
                             timed.append((path + (f"/{label}" if label else ""),
                                           time_graph(radio_calls if kept else fresh_calls)))
                         _cuda.set_pdl(default_pdl)
                         _cuda.set_fence_all(False)
-                        _cuda.set_defer_output(False)
+                        _cuda.set_defer_output(None)
                         _cuda.set_stream_quantiles(*default_quantiles)
                         if uses_table:
                             # --unit-weights: the layers' tables rebuilt at other unit weights
@@ -502,8 +505,9 @@ def main() -> None:
                          "one (/memset), and both")
     ap.add_argument("--compare-defer", action="store_true",
                     help="gemv / hgemv rows whose layer is K-split: also time them with the "
-                         "split's output written by a kernel after the grid (/defer: "
-                         "set_defer_output; bench/KERNELS.md session 18)")
+                         "split's output the other way from the library's rule: by a kernel "
+                         "after the grid (/defer) or by each chunk's last block (/nodefer) "
+                         "(set_defer_output; bench/KERNELS.md sessions 18-19)")
     ap.add_argument("--compare-fence", action="store_true",
                     help="up to 64 tokens: also time every row's kernel with the K split's end "
                          "as before session 15, every thread fencing (/fenceall: set_fence_all)")

@@ -11,7 +11,11 @@
 // in flight, paid once per block and wave (49152x12288 at 4 waves: 4 times per slot; the
 // structure ladder of session 15 put the K-split output at ~9 us of that layer's ~135). Here a
 // block's end is its atomics, and the output is one short kernel whose launch overlaps the decode
-// grid's tail. Not measured yet: it costs the kernel's own start and one more graph node.
+// grid's tail. Measured (H100, bench/RESULTS.md session 19): 7-21% faster at two tokens, 0-1% on
+// hgemv's large layers, 6-11% on small one-token layers, but 3-10% slower timed alone on the
+// one-token layers of 8192+ rows whose grid is one wave; end to end faster on both decode
+// benchmarks (Llama-2-7B shapes 6.037 against 6.137 ms per token at 4 bpw), so the default
+// (select_config.cu defer_output_pays) takes it on every one- and two-token gemv / hgemv call.
 #pragma once
 
 #include <cuda_fp16.h>

@@ -279,12 +279,31 @@ PYBIND11_MODULE(_cuda, m) {
         "Benchmark A/B: end the decode kernels' K split as before session 15, every thread "
         "fencing before the block's count (default False: one fence, by the counting thread).");
   m.def("fence_all", &radio::cuda::fence_all, "The current set_fence_all value.");
-  m.def("set_defer_output", &radio::cuda::set_defer_output, py::arg("on"),
-        "Benchmark A/B and tests: gemv and hgemv calls with a K split end their blocks at the "
-        "partial sums' atomics and write y by a second kernel after the grid "
-        "(finalize_kernel.cuh), instead of a counter per chunk and its last block (default "
-        "False: not measured yet).");
-  m.def("defer_output", &radio::cuda::defer_output, "The current set_defer_output value.");
+  m.def(
+      "set_defer_output",
+      [](const py::object& on) {
+        if (on.is_none()) {
+          radio::cuda::set_defer_output(-1);
+        } else if (py::isinstance<py::bool_>(on)) {
+          radio::cuda::set_defer_output(on.cast<bool>() ? 1 : 0);
+        } else {
+          throw py::type_error("set_defer_output takes None (where it measured faster), True or "
+                               "False, got " + py::repr(on).cast<std::string>());
+        }
+      },
+      py::arg("on"),
+      "Where gemv and hgemv calls with a K split end their blocks at the partial sums' atomics "
+      "and write y by a second kernel after the grid (finalize_kernel.cuh) instead of a counter "
+      "per chunk and its last block. None (the default): where it measured faster "
+      "(select_config.cu defer_output_pays: hgemv layers, two-token gemv, one-token gemv up to "
+      "4096 rows); True / False: on every such call or none (benchmark A/B and tests).");
+  m.def(
+      "defer_output",
+      []() -> py::object {
+        const int mode = radio::cuda::defer_output();
+        return mode < 0 ? py::object(py::none()) : py::object(py::bool_(mode > 0));
+      },
+      "The current set_defer_output value (None: the measured rule).");
   m.def(
       "set_stream_quantiles",
       [](bool on, std::int64_t min_block_units) {

@@ -71,9 +71,9 @@ struct QlinearConfig {
   // set_fence_all (benchmark A/B only): the K split's end as before session 15, every thread
   // fencing (block_units.cuh write_k_split_rows).
   bool fence_all = false;
-  // set_defer_output (off by default; benchmark A/B and tests): gemv and hgemv calls with a K
-  // split end their blocks at the partial sums' atomics, and a second kernel
-  // (finalize_kernel.cuh) writes y from the workspace after the grid.
+  // gemv and hgemv calls with a K split end their blocks at the partial sums' atomics, and a
+  // second kernel (finalize_kernel.cuh) writes y from the workspace after the grid: where it
+  // measured faster (select_config.cu defer_output_pays), or as set_defer_output forces.
   bool defer_output = false;
   // The stream kernel (stream or stream_h2) cuts its blocks' ranges at the layer's work quantiles
   // when it has them (LayerPtrs::work_quantiles); false: equal unit counts, and every other
@@ -134,9 +134,11 @@ bool pdl_enabled();
 // The K split's end as before session 15 (QlinearConfig::fence_all): the benchmark's A/B knob.
 void set_fence_all(bool on);
 bool fence_all();
-// The K split's output after the grid (QlinearConfig::defer_output): the benchmark's A/B knob.
-void set_defer_output(bool on);
-bool defer_output();
+// The K split's output after the grid (QlinearConfig::defer_output): -1 where it measured faster
+// (select_config.cu defer_output_pays; the default), 0 never, 1 on every gemv / hgemv K split
+// (the benchmark's A/B and the tests).
+void set_defer_output(int mode);
+int defer_output();
 // The stream kernel's ranges at the layer's work quantiles (QlinearConfig::stream_quantiles) on
 // layers whose blocks get at least min_block_units units each: the benchmark's A/B knob (off:
 // equal unit counts) and the tests' (0: every layer).

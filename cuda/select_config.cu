@@ -170,7 +170,10 @@ int g_stream_h2_groups = 2;
 // 63.4, 11008x4096 22.4 against 23.6, 4096x4096 12.8 against 13.4.
 bool g_pdl = true;
 bool g_fence_all = false;  // set_fence_all: benchmark A/B only
-bool g_defer_output = false;  // set_defer_output: not measured yet (bench/KERNELS.md session 18)
+// The K split's output by a kernel after the grid (finalize_kernel.cuh) instead of a counter per
+// chunk and its last block: -1 where defer_output_pays says (default), 0 never, 1 always
+// (set_defer_output).
+int g_defer_output = -1;
 // The stream kernel cuts its blocks' ranges at the layer's work quantiles (when the call has
 // them) on layers whose blocks get at least g_stream_quantile_min_units flattened units each.
 // Why (RESULTS.md session 17, H200, 16 tokens, radio.quantize's depth order): 8192x28672
@@ -467,11 +470,26 @@ QlinearConfig select_kernel_config(int m, int n, int k, int gs, int sm_count) {
 
 }  // namespace
 
+// The deferred output at one and two tokens on every gemv / hgemv layer. Why (H100, RESULTS.md
+// session 19): end to end it was the fastest of three ways on both decode benchmarks at 4 and
+// 3 bpw (bench_decode --compare-defer; Llama-2-7B shapes at 4 bpw 6.037 ms per token deferred
+// everywhere, 6.074 with the output deferred only where single layers timed faster, 6.137
+// nowhere; SmolLM2 shapes 3.756 / 3.755 / 3.872). Timed one layer at a time (bench_gemm
+// --compare-defer, graphs of the same call) it was faster on most layers (two tokens 7-21%,
+// SmolLM2's layers 7-11%, 4096x4096 6%, hgemv's 0-1%) but 3-10% slower on the one-wave layers of
+// 8192 and more rows (11008x4096 23.0 against 21.1 us, 8192x8192 28.2 against 25.8), which in
+// the models, between other kernels, it was not. 4 and 8 tokens on gemv: not measured.
+bool defer_output_pays(const QlinearConfig& c) {
+  return c.gemv && !c.stream_h2 && c.gemv_tokens <= 2;
+}
+
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
   c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
   c.fence_all = g_fence_all;
-  c.defer_output = g_defer_output && c.gemv;  // gemv and hgemv (ops.cu: where they K-split)
+  // gemv and hgemv only (ops.cu: where they K-split)
+  c.defer_output = g_defer_output < 0 ? defer_output_pays(c)
+                                      : g_defer_output > 0 && c.gemv && !c.stream_h2;
   return c;
 }
 
@@ -479,8 +497,8 @@ void set_pdl(bool on) { g_pdl = on; }
 bool pdl_enabled() { return g_pdl; }
 void set_fence_all(bool on) { g_fence_all = on; }
 bool fence_all() { return g_fence_all; }
-void set_defer_output(bool on) { g_defer_output = on; }
-bool defer_output() { return g_defer_output; }
+void set_defer_output(int mode) { g_defer_output = mode < 0 ? -1 : mode > 0 ? 1 : 0; }
+int defer_output() { return g_defer_output; }
 void set_stream_quantiles(bool on, std::int64_t min_block_units) {
   g_stream_quantiles = on;
   g_stream_quantile_min_units = min_block_units;
