@@ -345,7 +345,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
                     # --compare-defer the output the other way, labelled by what differs
                     modes = [(default_pdl, True, False, True, None)]
                     if compare_launch and tokens <= 16:
-                        modes += [(default_pdl, False, False, True, False),
+                        modes += [(default_pdl, False, False, True, None),
                                   (not default_pdl, True, False, True, None),
                                   (not default_pdl, False, False, True, None)]
                     if compare_fence and tokens <= 64:

@@ -294,9 +294,10 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("on"),
       "Where gemv and hgemv calls with a K split end their blocks at the partial sums' atomics "
       "and write y by a second kernel after the grid (finalize_kernel.cuh) instead of a counter "
-      "per chunk and its last block. None (the default): where it measured faster "
-      "(select_config.cu defer_output_pays: hgemv layers, two-token gemv, one-token gemv up to "
-      "4096 rows); True / False: on every such call or none (benchmark A/B and tests).");
+      "per chunk and its last block. None (the default): where it measured faster end to end "
+      "(select_config.cu defer_output_pays: every gemv / hgemv call of one or two tokens); "
+      "True / False: on every such call of any token count or on none (benchmark A/B and "
+      "tests).");
   m.def(
       "defer_output",
       []() -> py::object {
