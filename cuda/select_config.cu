@@ -479,17 +479,15 @@ QlinearConfig select_kernel_config(int m, int n, int k, int gs, int sm_count) {
 // SmolLM2's layers 7-11%, 4096x4096 6%, hgemv's 0-1%) but 3-10% slower on the one-wave layers of
 // 8192 and more rows (11008x4096 23.0 against 21.1 us, 8192x8192 28.2 against 25.8), which in
 // the models, between other kernels, it was not. 4 and 8 tokens on gemv: not measured.
-bool defer_output_pays(const QlinearConfig& c) {
-  return c.gemv && !c.stream_h2 && c.gemv_tokens <= 2;
-}
+bool defer_output_pays(const QlinearConfig& c) { return c.gemv_tokens <= 2; }
 
 QlinearConfig select_qlinear_config(int m, int n, int k, int gs, int sm_count) {
   QlinearConfig c = select_kernel_config(m, n, k, gs, sm_count);
   c.pdl = g_pdl && (c.gemv || c.stream) && device_cc_major() >= 9;
   c.fence_all = g_fence_all;
-  // gemv and hgemv only (ops.cu: where they K-split)
-  c.defer_output = g_defer_output < 0 ? defer_output_pays(c)
-                                      : g_defer_output > 0 && c.gemv && !c.stream_h2;
+  const bool gemv_or_hgemv = c.gemv && !c.stream_h2;  // (ops.cu: where the output is deferred)
+  c.defer_output =
+      gemv_or_hgemv && (g_defer_output < 0 ? defer_output_pays(c) : g_defer_output > 0);
   return c;
 }
 

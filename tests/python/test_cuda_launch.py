@@ -421,20 +421,19 @@ def test_defer_output_rule(knobs):
     _cuda.set_defer_output(None)
     assert _cuda.defer_output() is None
     gs = 256
-    cases = [  # (tokens, n, k, deferred by the rule)
-        (1, 4096, 4096, True), (1, 576, 1536, True), (1, 4096, 11008, True),
-        (1, 11008, 4096, True), (1, 8192, 8192, True), (1, 49152, 12288, True),
-        (2, 11008, 4096, True), (2, 576, 576, True)]
-    for tokens, n, k, want in cases:
+    deferred = [(1, 4096, 4096), (1, 576, 1536), (1, 4096, 11008), (1, 11008, 4096),
+                (1, 8192, 8192), (1, 49152, 12288), (2, 11008, 4096), (2, 576, 576)]
+    for tokens, n, k in deferred:
         cfg = _cuda.config(tokens, n, k, gs)
         assert cfg["kernel"] == "gemv" and cfg["gemv_tokens"] == tokens, (tokens, n, k, cfg)
-        assert cfg["defer_output"] == want, (tokens, n, k, cfg)
+        assert cfg["defer_output"], (tokens, n, k, cfg)
     for tokens in (4, 8, 16):  # not measured on gemv, and the stream / fmma kernels never
         assert not _cuda.config(tokens, 4096, 4096, gs)["defer_output"], tokens
     _cuda.set_defer_output(True)
     assert _cuda.defer_output() is True
     assert _cuda.config(1, 11008, 4096, gs)["defer_output"]
-    assert _cuda.config(4, 4096, 11008, gs)["kernel"] != "gemv"  # (so not deferred)
+    four = _cuda.config(4, 4096, 11008, gs)
+    assert four["kernel"] != "gemv" and not four["defer_output"]  # not a gemv kernel
     assert not _cuda.config(16, 8192, 28672, gs)["defer_output"]  # not a gemv kernel
     _cuda.set_defer_output(False)
     assert _cuda.defer_output() is False
