@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import make_layer, stored_bpw  # noqa: E402
+from bench_gemm import DEPTH_ORDERS, make_layer, stored_bpw  # noqa: E402
 
 from radio.nn import RadioLinear  # noqa: E402
 
@@ -60,13 +60,14 @@ def block_linears(model: nn.Module):
             yield name, module
 
 
-def swap_in_radio(model: nn.Module, bpw: float) -> float:
-    """Replace every decoder-block linear by a random packed layer at `bpw`; returns the
-    all-in bits per weight over those layers."""
+def swap_in_radio(model: nn.Module, bpw: float, depth_order: str = "random") -> float:
+    """Replace every decoder-block linear by a random packed layer at `bpw` with its units'
+    depths in `depth_order` (bench_gemm.choose_depths); returns the all-in bits per weight over
+    those layers."""
     bits = weights = 0.0
     for i, (name, module) in enumerate(list(block_linears(model))):
         n, k = module.out_features, module.in_features
-        layer = make_layer(n, k, bpw, seed=1000 + i)
+        layer = make_layer(n, k, bpw, seed=1000 + i, depth_order=depth_order)
         bits += stored_bpw(layer) * n * k
         weights += n * k
         radio_linear = RadioLinear(n, k, layer["rows_per_group"], "laplace", layer["row_perm"],
@@ -208,6 +209,10 @@ def main(argv=None) -> int:
                         "kernel after the grid on every K-split gemv / hgemv layer "
                         "(radio-defer) and on none (radio-nodefer), against the library's rule "
                         "(radio: radio._cuda.set_defer_output; bench/KERNELS.md sessions 18-19)")
+    p.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,
+                   help="the layers' unit depths in random order within a chunk, or sorted "
+                        "deepest first as radio.quantize writes them (bench_gemm.choose_depths); "
+                        "rows of an order other than random say it after their label (@sorted)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -228,8 +233,9 @@ def main(argv=None) -> int:
                          speedup=1.0, step=how))
         print(f"{name:>18} {'f16':>9} {16.0:>7.3f} {ms16:>9.3f} {1e3 / ms16:>9.1f} {1.0:>7.2f}x"
               f"   ({how})", flush=True)
-        for bpw in args.bits:
-            achieved = swap_in_radio(model, bpw)
+        for bpw, order in [(b, o) for b in args.bits for o in args.depth_orders]:
+            achieved = swap_in_radio(model, bpw, order)
+            suffix = "" if order == "random" else f"@{order}"
             from radio._ext import _cuda
             default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
             default_pdl = _cuda.pdl()
@@ -264,8 +270,10 @@ def main(argv=None) -> int:
                     _cuda.set_defer_output(None)
                     for mod, ws in kept.items():
                         mod.workspace = ws
+                label += suffix
                 rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,
-                                 tokens_per_s=1e3 / ms, speedup=ms16 / ms, step=how))
+                                 tokens_per_s=1e3 / ms, speedup=ms16 / ms, step=how,
+                                 depth_order=order))
                 print(f"{name:>18} {label:>9} {achieved:>7.3f} {ms:>9.3f} {1e3 / ms:>9.1f} "
                       f"{ms16 / ms:>7.2f}x   ({how})", flush=True)
         del model

@@ -2,10 +2,12 @@
 # One device call: A/B of kernel experiments kept as patches against main (bench/experiments/).
 # Builds this tree ("main"), then this tree plus each patch in a copy, and for each build runs the
 # quick kernel benchmark side by side with f16 (bench_gemm.py --quick --no-prefill --tokens 1 4 8
-# 16: 4096x4096 and 49152x12288 at 3.0 and 4.0 bpw). TESTS=1 adds the CUDA op tests per build;
+# 16: 4096x4096 and 49152x12288 at 3.0 and 4.0 bpw). TESTS=1 adds the CUDA op tests per build
+# (those matching AB_TESTS_K when set, pytest -k; the first build, main, skips them then);
 # PROFILE=1 adds ncu stall reasons, the L1 throughput breakdown and shared-memory wavefronts of the
 # 1-token gemv and 16-token qmma kernels (49152x12288 at NCU_BPW, default 4.0); DECODE=1 adds the
-# end-to-end batch-1 decode benchmark (bench_decode.py: SmolLM2 and Llama-2-7B shapes).
+# end-to-end batch-1 decode benchmark (bench_decode.py: SmolLM2 and Llama-2-7B shapes; arguments
+# in AB_DECODE_ARGS).
 # AB_BENCH_ARGS replaces the benchmark's arguments (default "--quick --no-prefill --tokens 1 4 8
 # 16"), AB_BENCH_TIMEOUT its time limit per build (default 120 s).
 # Each patch names the commit it applies to; one made against an older main may not apply.
@@ -29,8 +31,9 @@ torch.cuda.synchronize()
 PY
 
 measure() {  # $1: name of the build installed now
-  if [ -n "${TESTS:-}" ]; then
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_ops.py > "$OUT/tests_$1.log" 2>&1
+  if [ -n "${TESTS:-}" ] && { [ -z "${AB_TESTS_K:-}" ] || [ "$1" != main ]; }; then
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_ops.py \
+      ${AB_TESTS_K:+-k "$AB_TESTS_K"} > "$OUT/tests_$1.log" 2>&1
     echo "tests ($1): $(tail -1 "$OUT/tests_$1.log")"
   fi
   # shellcheck disable=SC2086  # AB_BENCH_ARGS is a word list
@@ -39,7 +42,9 @@ measure() {  # $1: name of the build installed now
     --json "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
   grep -E "^device|^ *[0-9]+x[0-9]+|FAIL|disagrees" "$OUT/bench_$1.log"
   if [ -n "${DECODE:-}" ]; then
-    timeout 150 python3 bench/bench_decode.py --json "$OUT/decode_$1.json" > "$OUT/decode_$1.log" 2>&1
+    # shellcheck disable=SC2086  # AB_DECODE_ARGS is a word list
+    timeout 150 python3 bench/bench_decode.py ${AB_DECODE_ARGS:-} --json "$OUT/decode_$1.json" \
+      > "$OUT/decode_$1.log" 2>&1
     grep -E "shapes" "$OUT/decode_$1.log"
   fi
   if [ -n "${PROFILE:-}" ]; then
