@@ -11,6 +11,8 @@
 # (hgemv_kernel, the default at 1 token on this layer) and then on gemv.
 # STREAM_H2=G: one f16 token runs on the stream kernel's half2 consumers with G consumer groups
 # (1..3; off by default).
+# NCU_ORDER=sorted: the layer's units in radio.quantize's depth order (bench_gemm.choose_depths;
+# default random).
 # NO_BUILD=1 skips the build (after bench/run_gpu_kernels.sh in the same call).
 # Usage (repository root, .deps carried): [FMMA=0] [STREAM=8] [NCU_TOKENS="1 16"] bash bench/run_gpu_ncu.sh
 set -uo pipefail
@@ -34,7 +36,7 @@ _cuda.set_stream_groups(${STREAM_GROUPS:-2})
 if "${STREAM_H2:-}":
     _cuda.set_stream_h2(0, int("${STREAM_H2:-2}"))
 n, k = (int(v) for v in "${NCU_SHAPE:-49152x12288}".split("x"))
-layer = make_layer(n, k, ${NCU_BPW:-4.0}, seed=1)
+layer = make_layer(n, k, ${NCU_BPW:-4.0}, seed=1, depth_order="${NCU_ORDER:-random}")
 for tokens in [int(t) for t in "${NCU_TOKENS:-1 16}".split()]:
     ops.qlinear(torch.randn(tokens, k, device="cuda").half(), **layer)
     if tokens == 1 and "${H2_BOTH:-}":  # one token on gemv too (the half2 kernel is the default)
