@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import DEPTH_ORDERS, make_layer, stored_bpw  # noqa: E402
+from bench_gemm import (add_depth_orders_argument, depth_order_tag, make_layer,  # noqa: E402
+                        stored_bpw)
 
 from radio.nn import RadioLinear  # noqa: E402
 
@@ -209,10 +210,7 @@ def main(argv=None) -> int:
                         "kernel after the grid on every K-split gemv / hgemv layer "
                         "(radio-defer) and on none (radio-nodefer), against the library's rule "
                         "(radio: radio._cuda.set_defer_output; bench/KERNELS.md sessions 18-19)")
-    p.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,
-                   help="the layers' unit depths in random order within a chunk, or sorted "
-                        "deepest first as radio.quantize writes them (bench_gemm.choose_depths); "
-                        "rows of an order other than random say it after their label (@sorted)")
+    add_depth_orders_argument(p)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -235,7 +233,6 @@ def main(argv=None) -> int:
               f"   ({how})", flush=True)
         for bpw, order in [(b, o) for b in args.bits for o in args.depth_orders]:
             achieved = swap_in_radio(model, bpw, order)
-            suffix = "" if order == "random" else f"@{order}"
             from radio._ext import _cuda
             default_fmma = _cuda.fmma_tokens()  # (min, max, large max): 1 token outside by default
             default_pdl = _cuda.pdl()
@@ -270,7 +267,7 @@ def main(argv=None) -> int:
                     _cuda.set_defer_output(None)
                     for mod, ws in kept.items():
                         mod.workspace = ws
-                label += suffix
+                label += depth_order_tag(order)
                 rows.append(dict(model=name, weights=label, bpw=achieved, ms=ms,
                                  tokens_per_s=1e3 / ms, speedup=ms16 / ms, step=how,
                                  depth_order=order))

@@ -81,6 +81,19 @@ def one_token_knobs(path: str) -> tuple:
 DEPTH_ORDERS = ("random", "sorted")
 
 
+def depth_order_tag(order: str) -> str:
+    """What a row of this depth order carries after its label: nothing for random, @sorted."""
+    return "" if order == "random" else f"@{order}"
+
+
+def add_depth_orders_argument(parser: argparse.ArgumentParser) -> None:
+    """--depth-orders, as bench_gemm.py and bench_decode.py take it (choose_depths' orders)."""
+    parser.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,
+                        help="order of the units' depths within a chunk: random, or sorted "
+                             "deepest first as radio.quantize writes layers (rows tagged "
+                             "@sorted); each order gets its own layers")
+
+
 def choose_depths(n: int, k: int, gs: int, bpw: float, gen: torch.Generator,
                   order: str = "random") -> torch.Tensor:
     """uint8 [C, U] depths (spread around the mean, sum exact) so the layer is `bpw` all-in.
@@ -237,7 +250,7 @@ def run(shapes, rates, tokens_list, prefill: bool, out_rows: list, bw: float,
         for bpw, order in [(b, o) for b in rates for o in depth_orders]:
             ntok = list(tokens_list) + ([PREFILL_TOKENS] if prefill and bpw == PREFILL_RATE else [])
             # rows of a depth order other than random say it after their path (@sorted)
-            tag = "" if order == "random" else f"@{order}"
+            tag = depth_order_tag(order)
             first = make_layer(n, k, bpw, seed=n + k, depth_order=order)
             layers = [first] + [make_layer(n, k, bpw, seed=n + k + i, depth_order=order)
                                 for i in range(1, copies_for(kernel_read_bytes(first, 1)))]
@@ -522,10 +535,7 @@ def main() -> None:
                          "them rebuilt with "
                          "these unit weights (/uw<ROWS>: ops.work_quantiles(depth, "
                          "unit_weight=ROWS); the default is ops.WORK_UNIT_WEIGHT)")
-    ap.add_argument("--depth-orders", nargs="+", default=["random"], choices=DEPTH_ORDERS,
-                    help="order of the units' depths within a chunk: random, or sorted deepest "
-                         "first as radio.quantize writes layers (rows tagged @sorted); each "
-                         "order gets its own layers")
+    add_depth_orders_argument(ap)
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
